@@ -1,0 +1,111 @@
+"""pytest-benchmark of each SaS op, forward + backward, for every backend available here,
+against the eager reference and ``torch.compile(reference)`` in the same run.
+
+    pytest benchmarks/test_ops_bench.py --benchmark-group-by=param:case --benchmark-columns=min,median,mean
+
+Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224 only with
+``SAS_BENCH_LARGE=1``: several seconds per call for the reference on a CPU), K = 20.
+"""
+import os
+
+import pytest
+import torch
+
+from sas_fast import ops
+from sas_fast.ops import reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SIZES = [(1, 32, 7), (16, 32, 7), (1, 224, 41)]
+if os.environ.get("SAS_BENCH_LARGE") == "1" or DEVICE == "cuda":
+    SIZES.append((16, 224, 41))
+CASES = [pytest.param(s, id=f"B{s[0]}-{s[1]}px") for s in SIZES]
+BACKENDS = ["reference", "compiled", "triton", "cpp"]
+
+
+def _fn(op: str, backend: str):
+    if backend == "compiled":
+        return torch.compile(getattr(reference, op), dynamic=False)
+    if ops.unavailable_reason(backend, torch.device(DEVICE)) is not None:
+        pytest.skip(f"backend {backend} unavailable on {DEVICE}")
+    if backend == "triton" and DEVICE == "cpu":
+        pytest.skip("the Triton interpreter is a correctness tool, not a benchmark target")
+    return lambda *a: getattr(ops, op)(*a, backend=backend)
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(b: int, size: int, window: int, k: int = 20):
+    r = window // 2
+    g = torch.Generator().manual_seed(0)
+    premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, generator=g).to(DEVICE)
+    images = torch.randn(b, 3, size, size, generator=g).to(DEVICE)
+    areas = torch.linspace(0, 1, k, device=DEVICE)[1:-1]
+    return premask, images, areas
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_smooth_softmax_pool(benchmark, case, backend):
+    fn = _fn("smooth_softmax_pool", backend)
+    premask, _, _ = _inputs(*case)
+    premask.requires_grad_(True)
+
+    def run():
+        fn(premask, case[2], 1.0).sum().backward()
+        _sync()
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_threshold_masks(benchmark, case, backend):
+    fn = _fn("threshold_masks", backend)
+    premask, _, areas = _inputs(*case)
+    schedule = reference.smooth_softmax_pool(premask, case[2]).detach().requires_grad_(True)
+    weights = torch.randn(schedule.shape[0], areas.numel(), *schedule.shape[-2:], device=DEVICE)
+
+    def run():
+        masks, _ = fn(schedule, areas, 20.0, None, True, 1e-4, 50)
+        (masks * weights).sum().backward()
+        _sync()
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_pyramid_mask(benchmark, case, backend):
+    fn = _fn("pyramid_mask", backend)
+    _, images, areas = _inputs(*case)
+    pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
+    masks = torch.rand(images.shape[0], areas.numel(), *images.shape[-2:], device=DEVICE,
+                       requires_grad=True)
+
+    def run():
+        (fn(pyramid, masks).sum() + fn(pyramid, 1 - masks).sum()).backward()
+        _sync()
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_mask_pipeline(benchmark, case, backend):
+    """Everything but the CNN, forward + backward: schedule, masks, insertion + deletion images."""
+    fns = {op: _fn(op, backend) for op in ("smooth_softmax_pool", "threshold_masks", "pyramid_mask")}
+    premask, images, areas = _inputs(*case)
+    premask.requires_grad_(True)
+    pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
+
+    def run():
+        schedule = fns["smooth_softmax_pool"](premask, case[2], 1.0)
+        masks, _ = fns["threshold_masks"](schedule, areas, 20.0, None, True, 1e-4, 50)
+        out = fns["pyramid_mask"](pyramid, masks).sum() - fns["pyramid_mask"](pyramid, 1 - masks).sum()
+        out.backward()
+        _sync()
+
+    benchmark(run)

@@ -1,0 +1,12 @@
+"""sas_fast: Saliency as a Schedule (Singh & Namboodiri, ICIP 2024), fast and batched.
+
+``sas_fast.attribute(model, images, target)`` explains any PyTorch image classifier;
+``sas_fast.SaS`` is the same as a Captum-style object. Layers: :mod:`sas_fast.ops` (kernels
+and the reference), :mod:`sas_fast.schedule` / :mod:`sas_fast.config` (the algorithm), and
+the interfaces (this module, :mod:`sas_fast.cli`).
+"""
+from .attribute import SaS, SaSTrace, attribute
+from .config import PRESETS, SaSConfig, make_config
+
+__all__ = ["PRESETS", "SaS", "SaSConfig", "SaSTrace", "attribute", "make_config"]
+__version__ = "0.1.0"

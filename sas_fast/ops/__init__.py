@@ -1,0 +1,139 @@
+"""The three SaS ops, with backend dispatch.
+
+``backend``: ``"reference"`` (plain PyTorch, :mod:`sas_fast.ops.reference`), ``"triton"``
+(fused kernels: compiled on CUDA tensors, interpreted on CPU tensors when
+``TRITON_INTERPRET=1``), ``"cpp"`` (the ``csrc/`` CPU kernels), or ``"auto"``: the fastest
+available for the tensor's device, falling back to the reference, so ``"auto"`` works
+wherever the reference does. Inputs are checked here, once for every backend.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from . import reference
+
+BACKENDS = ("reference", "triton", "cpp")
+
+
+def _backend_module(name: str):
+    """The module implementing backend ``name`` (it defines the four op functions and
+    ``unavailable_reason(device) -> str | None``), or None if it cannot be imported."""
+    if name == "reference":
+        return reference
+    try:
+        return importlib.import_module(f"sas_fast.ops.{name}")
+    except ImportError:
+        return None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` (None if it can)."""
+    if backend == "reference":
+        return None
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}"
+    module = _backend_module(backend)
+    if module is None:
+        return f"backend {backend!r} is not installed in this build of sas_fast"
+    return module.unavailable_reason(torch.device(device))
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that ``backend`` (possibly ``"auto"``) means on ``device``."""
+    device = torch.device(device)
+    if backend == "auto":
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        order = ("triton", "cpp") if device.type == "cuda" or interpret else ("cpp",)
+        for name in order:
+            if unavailable_reason(name, device) is None:
+                return name
+        return "reference"
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise ValueError(reason)
+    return backend
+
+
+def _impl(op: str, backend: str, device: torch.device):
+    return getattr(_backend_module(resolve_backend(backend, device)), op)
+
+
+def _check_float(name: str, x: torch.Tensor, ndim: int):
+    if not isinstance(x, torch.Tensor) or x.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {x.dtype}")
+
+
+def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
+                        backend: str = "auto") -> torch.Tensor:
+    """Schedule = SoftMaxPool(Smooth(premask)) (paper eq. 2).
+
+    ``premask`` ``B x 1 x (H+2r) x (W+2r)`` -> ``B x 1 x H x W``, r = window // 2. Smooth is a
+    valid Gaussian convolution (sigma = (window - 1) / 4); SoftMaxPool is
+    ``out_i = sum_{j in N(i)} softmax(beta x)_j x_j`` over the reflection-padded window.
+    """
+    _check_float("premask", premask, 4)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd integer, got {window}")
+    h, w = premask.shape[-2] - 2 * (window // 2), premask.shape[-1] - 2 * (window // 2)
+    if premask.shape[1] != 1 or min(h, w) < window:
+        raise ValueError(f"premask must be B x 1 x (H+2r) x (W+2r) with H, W >= window={window}, "
+                         f"got {tuple(premask.shape)}")
+    return _impl("smooth_softmax_pool", backend, premask.device)(premask, window, beta)
+
+
+def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
+                    thresholds_init: torch.Tensor | None = None, implicit_grad: bool = True,
+                    backend: str = "auto", tol: float = 1e-4, max_iter: int = 50):
+    """Masks ``sigmoid(s (schedule - t_k))`` whose sizes ``mean m^2`` equal ``areas``.
+
+    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] ->
+    ``(masks B x K x H x W, thresholds B x K)``. Thresholds come from a batched
+    Levenberg-Marquardt solve (warm-started from ``thresholds_init`` ``B x K`` if given);
+    areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
+    the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
+    held fixed.
+    """
+    _check_float("schedule", schedule, 4)
+    if schedule.shape[1] != 1:
+        raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
+    areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
+    if areas.numel() < 1 or bool(((areas < 0) | (areas > 1)).any()):
+        raise ValueError(f"areas must be a non-empty list of values in [0, 1], got {areas.tolist()}")
+    if thresholds_init is not None and tuple(thresholds_init.shape) != (schedule.shape[0], areas.numel()):
+        raise ValueError(f"thresholds_init must be B x K = {(schedule.shape[0], areas.numel())}, "
+                         f"got {tuple(thresholds_init.shape)}")
+    fn = _impl("threshold_masks", backend, schedule.device)
+    return fn(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
+
+
+def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
+                 backend: str = "auto") -> torch.Tensor:
+    """``B x C x H x W -> B x L x C x H x W``: level l blurred with sigma ``max_blur (1 - l/(L-1))``
+    (level 0 most blurred, level L - 1 the image). No gradient."""
+    _check_float("images", images, 4)
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    if max_blur < 0:
+        raise ValueError(f"max_blur must be >= 0, got {max_blur}")
+    return _impl("blur_pyramid", backend, images.device)(images, levels, max_blur)
+
+
+def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Masked images ``B x K x C x H x W`` from a pyramid ``B x L x C x H x W`` and masks
+    ``B x K x H x W`` in [0, 1]: linear interpolation between the two pyramid levels around
+    ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images."""
+    _check_float("pyramid", pyramid, 5)
+    _check_float("masks", masks, 4)
+    b, _, _, h, w = pyramid.shape
+    if masks.shape[0] != b or tuple(masks.shape[-2:]) != (h, w):
+        raise ValueError(f"masks {tuple(masks.shape)} do not match pyramid {tuple(pyramid.shape)}")
+    return _impl("pyramid_mask", backend, pyramid.device)(pyramid, masks)
+
+
+__all__ = ["BACKENDS", "blur_pyramid", "pyramid_mask", "resolve_backend", "smooth_softmax_pool",
+           "threshold_masks", "unavailable_reason"]

@@ -1,0 +1,197 @@
+"""Plain-PyTorch reference implementations of the three SaS ops: the oracle.
+
+Every fused backend (Triton, C++) is tested against these. They are written to be
+read: each function states its shapes and formula and uses only differentiable
+PyTorch ops, so autograd supplies the backward pass (the threshold solve is the one
+exception: it runs under ``no_grad`` and its implicit gradient is built in explicitly).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_taps(sigma: float, radius: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian ``exp(-x^2 / (2 sigma^2))`` at x = -radius..radius, ``[2 radius + 1]``.
+
+    sigma = 0 gives the identity filter ``[0, .., 1, .., 0]``.
+    """
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    if sigma <= 0:
+        taps = (x == 0).to(torch.float64)
+    else:
+        taps = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return (taps / taps.sum()).to(dtype)
+
+
+def _separable_conv(x: torch.Tensor, taps: torch.Tensor, padding: int) -> torch.Tensor:
+    """Depthwise 2-D convolution of ``x`` (N x C x H x W) with ``taps`` along W then H."""
+    c = x.shape[1]
+    n = taps.numel()
+    kw = taps.view(1, 1, 1, n).expand(c, 1, 1, n)
+    kh = taps.view(1, 1, n, 1).expand(c, 1, n, 1)
+    x = F.conv2d(x, kw, padding=(0, padding), groups=c)
+    return F.conv2d(x, kh, padding=(padding, 0), groups=c)
+
+
+def gaussian_smooth(premask: torch.Tensor, window: int) -> torch.Tensor:
+    """Valid Gaussian blur: ``B x 1 x (H+2r) x (W+2r) -> B x 1 x H x W``, r = window // 2.
+
+    Taps ``exp(-x^2 / (2 sigma^2))``, sigma = (window - 1) / 4, normalised to sum 1.
+    """
+    r = window // 2
+    taps = gaussian_taps((window - 1) / 4.0, r, premask.dtype, premask.device)
+    return _separable_conv(premask, taps, padding=0)
+
+
+def softmax_pool(x: torch.Tensor, window: int, beta: float = 1.0) -> torch.Tensor:
+    """SoftMaxPool (paper eq. 2): ``out_i = sum_{j in N(i)} p_j x_j``, ``p = softmax(beta x)`` over N(i).
+
+    N(i) is the ``window x window`` neighbourhood of pixel i (stride 1) in ``x``
+    reflection-padded by r = window // 2, so ``B x C x H x W -> B x C x H x W``.
+
+    The 2-D window is the product of a row window and a column window, so the sums
+    split: a row pass reduces each row window to the online-softmax triple
+    (max m, sum of exp e = sum exp(beta (x - m)), weighted sum t = sum x exp(beta (x - m)))
+    and a column pass merges the triples, rescaling by exp(beta (m - M)) with M the
+    column maximum. ``out = T / E``. Exact, never exp() of a raw value, O(window) per pixel.
+    """
+    r = window // 2
+    xp = F.pad(x, (r, r, r, r), mode="reflect")
+    rows = xp.unfold(3, window, 1)                          # B x C x (H+2r) x W x ws
+    m = rows.amax(dim=-1, keepdim=True)
+    p = torch.exp(beta * (rows - m))
+    e, t, m = p.sum(-1), (p * rows).sum(-1), m.squeeze(-1)  # B x C x (H+2r) x W each
+    m_col, e_col, t_col = (v.unfold(2, window, 1) for v in (m, e, t))  # B x C x H x W x ws
+    big_m = m_col.amax(dim=-1, keepdim=True)
+    scale = torch.exp(beta * (m_col - big_m))
+    return (t_col * scale).sum(-1) / (e_col * scale).sum(-1)
+
+
+def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0) -> torch.Tensor:
+    """Schedule from pre-mask (paper eq. 2): ``SoftMaxPool(Smooth(premask))``.
+
+    ``premask``: ``B x 1 x (H+2r) x (W+2r)`` -> schedule ``B x 1 x H x W``, r = window // 2.
+    """
+    return softmax_pool(gaussian_smooth(premask, window), window, beta)
+
+
+def mask_area(masks: torch.Tensor) -> torch.Tensor:
+    """Size of a soft mask (paper eq. 4-5): ``mean_i m_i^2``, ``B x K x H x W -> B x K``."""
+    return masks.square().mean(dim=(-2, -1))
+
+
+@torch.no_grad()
+def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
+                     thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
+                     max_iter: int = 50) -> torch.Tensor:
+    """Batched Levenberg-Marquardt for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
+
+    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] -> thresholds ``B x K``.
+    Residual ``r(t) = mean_i sig_i^2 - a``, Jacobian ``J = -2 s mean_i sig_i^2 (1 - sig_i)``,
+    step ``dt = -J r / (J^2 + lam)``; a step is taken only if it lowers ``|r|`` (then
+    ``lam /= 10``, else ``lam *= 10``). Start: ``thresholds_init`` (warm start) or the
+    (1 - a) quantile of the schedule. Stops when ``max |r| < tol`` or after ``max_iter``.
+    Areas 0 and 1 are not solved: their thresholds are +inf / -inf (masks exactly 0 / 1).
+    """
+    x = schedule.flatten(1).unsqueeze(1)                    # B x 1 x N
+    a = areas.to(x.dtype).view(1, -1)                        # 1 x K
+    inner = (a > 0) & (a < 1)
+    if thresholds_init is None:
+        q = (1 - a.clamp(0, 1)).squeeze(0)
+        t = torch.quantile(x.squeeze(1), q, dim=1).T.contiguous()  # B x K
+    else:
+        t = thresholds_init.to(x.dtype).clone()
+    t = torch.where(inner, t, torch.zeros_like(t)).expand(x.shape[0], -1).clone()
+
+    def residual(t):
+        return torch.sigmoid(sharpness * (x - t.unsqueeze(-1))).square().mean(-1) - a
+
+    r = residual(t)
+    lam = torch.full_like(t, 1e-3)
+    for _ in range(max_iter):
+        active = inner & (r.abs() >= tol)
+        if not active.any():
+            break
+        sig = torch.sigmoid(sharpness * (x - t.unsqueeze(-1)))
+        jac = -2 * sharpness * (sig.square() * (1 - sig)).mean(-1)
+        t_new = t - jac * r / (jac.square() + lam)
+        r_new = residual(t_new)
+        accept = active & (r_new.abs() < r.abs())
+        t = torch.where(accept, t_new, t)
+        r = torch.where(accept, r_new, r)
+        lam = torch.where(accept, lam / 10, torch.where(active, lam * 10, lam)).clamp(1e-12, 1e12)
+    big = torch.tensor(float("inf"), dtype=t.dtype, device=t.device)
+    return torch.where(inner, t, torch.where(a <= 0, big, -big))
+
+
+def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
+                    thresholds_init: torch.Tensor | None = None, implicit_grad: bool = True,
+                    tol: float = 1e-4, max_iter: int = 50):
+    """Masks of prescribed areas from a schedule (paper eq. 3-6).
+
+    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` -> ``(masks B x K x H x W, thresholds B x K)``,
+    ``m_k = sigmoid(s (x - t_k))`` with ``t_k`` from :func:`solve_thresholds` (no autograd
+    through the iterations).
+
+    Gradient. With ``implicit_grad`` the thresholds follow the schedule through the
+    implicit function theorem: ``dt_k/dx_j = w_kj / sum_i w_ki``, ``w = m^2 (1 - m)``.
+    It is built in by the first-order identity ``t = t* + sum_j (w_j / sum w) (x_j - stopgrad(x_j))``
+    (value ``t*``, gradient ``w / sum w``), so autograd gives SPEC section 3:
+    ``dL/dx_i = sum_k [G_ki - w_ki sum_j G_kj / sum_j w_kj]``, ``G = dL/dm * s m (1 - m)``.
+    Without it the thresholds are constants (``dL/dx_i = sum_k G_ki``).
+    """
+    t = solve_thresholds(schedule.detach(), areas, sharpness, thresholds_init, tol, max_iter)
+    x = schedule.flatten(2)                                  # B x 1 x N
+    inner = torch.isfinite(t)
+    t_use = torch.where(inner, t, torch.zeros_like(t))
+    logits = sharpness * (x - t_use.unsqueeze(-1))           # B x K x N
+    if implicit_grad and schedule.requires_grad:
+        with torch.no_grad():
+            m = torch.sigmoid(logits)
+            w = m.square() * (1 - m)
+            w = w / (w.sum(-1, keepdim=True) + 1e-12)
+        shift = (w * (x - x.detach())).sum(-1, keepdim=True)  # value 0, gradient w / sum w
+        logits = logits - sharpness * shift
+    masks = torch.sigmoid(logits)
+    a = areas.to(masks.dtype).view(1, -1, 1)
+    masks = torch.where(inner.unsqueeze(-1), masks, (a >= 1).to(masks.dtype).expand_as(masks))
+    return masks.view(*t.shape, *schedule.shape[-2:]), t
+
+
+@torch.no_grad()
+def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) -> torch.Tensor:
+    """Extremal-Perturbation blur pyramid: ``B x C x H x W -> B x L x C x H x W`` (no grad).
+
+    Level l is the image blurred by a separable Gaussian of sigma
+    ``max_blur * (1 - l / (L - 1))`` with taps at ``-ceil(4 sigma)..ceil(4 sigma)`` and zero
+    padding: level 0 is the most blurred, level L - 1 the image itself.
+    """
+    out = []
+    for l in range(levels):
+        sigma = max_blur * (1 - l / (levels - 1))
+        radius = math.ceil(4 * sigma)
+        taps = gaussian_taps(sigma, radius, images.dtype, images.device)
+        out.append(_separable_conv(images, taps, padding=radius))
+    return torch.stack(out, dim=1)
+
+
+def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Apply masks through the blur pyramid: ``(B x L x C x H x W, B x K x H x W) -> B x K x C x H x W``.
+
+    ``w = m (L - 1)``, ``k = min(floor(w), L - 2)``, ``f = w - k``,
+    ``out = (1 - f) P[k] + f P[k + 1]``; m = 0 gives the most blurred level, m = 1 the image.
+    Gradient to m: ``(L - 1) (P[k + 1] - P[k])``, summed over channels (k is piecewise constant).
+    """
+    b, levels, c, h, w_ = pyramid.shape
+    k_masks = masks.shape[1]
+    w = masks * (levels - 1)
+    k = w.detach().floor().clamp(0, levels - 2).long()
+    f = (w - k).unsqueeze(2)                                   # B x K x 1 x H x W
+    idx = k.unsqueeze(2).unsqueeze(2).expand(b, k_masks, 1, c, h, w_)
+    levels_b = pyramid.unsqueeze(1).expand(b, k_masks, levels, c, h, w_)
+    lo = torch.gather(levels_b, 2, idx).squeeze(2)
+    hi = torch.gather(levels_b, 2, idx + 1).squeeze(2)
+    return (1 - f) * lo + f * hi

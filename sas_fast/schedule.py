@@ -1,0 +1,141 @@
+"""One SaS optimisation step: pre-mask -> schedule -> masks -> masked images -> loss -> gradient.
+
+Backend-agnostic: every tensor op goes through :mod:`sas_fast.ops`. The model's side is an
+:class:`Objective`, which turns a batch of masked images into one score per image
+(class logit, or feature distance for feature saliency, paper eq. 9).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import ops
+from .config import SaSConfig
+
+#: sign of each mode's score in the loss: class scores are maximised on insertion images and
+#: minimised on deletion images (paper eq. 7); feature distances the other way round (eq. 9).
+_CLASS_SIGN = {"insertion": -1.0, "deletion": 1.0}
+_FEATURE_SIGN = {"insertion": 1.0, "deletion": -1.0}
+
+
+def mode_names(mode: str) -> tuple:
+    """``"both"`` -> ("insertion", "deletion"); otherwise the mode itself."""
+    return ("insertion", "deletion") if mode == "both" else (mode,)
+
+
+def mask_areas(num_masks: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Areas ``a_k = k / (K - 1)``, k = 0..K-1: from the fully-OFF to the fully-ON mask, ``[K]``."""
+    return torch.linspace(0.0, 1.0, num_masks, dtype=dtype, device=device)
+
+
+class _StopForward(Exception):
+    """Raised by the feature hook: the layers after the captured one are not needed."""
+
+
+class Objective:
+    """Scores of masked images for one batch of explained images.
+
+    Class saliency: ``score = f(x)[target]`` (a logit). Feature saliency (``layer`` given):
+    ``score = || f^l(x_clean) - f^l(x) ||^2``. ``scores(x, rows)`` takes masked images
+    ``N x C x H x W`` and ``rows`` (LongTensor[N], the explained image each belongs to).
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor,
+                 layer: nn.Module | None = None, forward_args: tuple = ()):
+        self.model, self.target, self.layer = model, target, layer
+        self.forward_args = forward_args
+        self.batch = images.shape[0]
+        self.sign = _FEATURE_SIGN if layer is not None else _CLASS_SIGN
+        self.reference = None
+        if layer is not None:
+            with torch.no_grad():
+                self.reference = self._features(images, torch.arange(self.batch, device=images.device))
+
+    def _args(self, rows: torch.Tensor) -> tuple:
+        """Extra forward arguments for these rows: tensors with a batch dimension are indexed."""
+        return tuple(a[rows] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == self.batch
+                     else a for a in self.forward_args)
+
+    def _features(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        captured = []
+
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ValueError(f"layer output must be a tensor, got {type(output).__name__}")
+            captured.append(output)
+            raise _StopForward
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            self.model(x, *self._args(rows))
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError("the layer given for feature saliency was not called by the model's forward")
+        return captured[0]
+
+    def scores(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One score per masked image, ``[N]``."""
+        if self.layer is None:
+            logits = self.model(x, *self._args(rows))
+            return logits.gather(1, self.target[rows].unsqueeze(1)).squeeze(1)
+        feats = self._features(x, rows)
+        return (feats - self.reference[rows]).flatten(1).square().sum(1)
+
+
+@dataclass
+class StepResult:
+    """What one step reports: per-image loss ``[B]``, scores ``{mode: B x (K-2)}`` of the
+    inner masks (detached), and the solved thresholds ``B x (K-2)`` for the warm start."""
+
+    loss: torch.Tensor
+    scores: dict
+    thresholds: torch.Tensor
+
+
+def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
+             config: SaSConfig, thresholds: torch.Tensor | None) -> StepResult:
+    """Forward and backward of one step; accumulates ``d loss / d premask`` into ``premask.grad``.
+
+    ``premask`` ``B x 1 x (H+2r) x (W+2r)``, ``pyramid`` ``B x L x C x H x W``. Only the K - 2
+    inner masks are evaluated: the fully-OFF and fully-ON masks add constants (SPEC 2.8).
+    The masked images go through the model in micro-batches of at most ``config.max_batch``;
+    their input gradients are accumulated and then pushed back through the mask pipeline once,
+    so the result does not depend on ``max_batch``. Loss (eq. 7): insertion ``-sum_k z_k``,
+    deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9).
+    """
+    backend = config.backend
+    b = premask.shape[0]
+    areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
+    schedule = ops.smooth_softmax_pool(premask, config.window, config.beta, backend=backend)
+    masks, thresholds = ops.threshold_masks(
+        schedule, areas, config.sharpness, thresholds, config.implicit_grad, backend=backend,
+        tol=config.threshold_tol, max_iter=config.threshold_max_iter)
+    modes = mode_names(config.mode)
+    images = torch.cat([
+        ops.pyramid_mask(pyramid, masks if mode == "insertion" else 1 - masks, backend=backend)
+        for mode in modes], dim=1)                                    # B x (M K') x C x H x W
+    images = images.flatten(0, 1).to(pyramid.dtype)
+    per_image = images.shape[0] // b
+    rows = torch.arange(b, device=premask.device).repeat_interleave(per_image)
+    sign = torch.tensor([objective.sign[m] for m in modes], device=premask.device, dtype=torch.float32)
+    sign = sign.repeat_interleave(areas.numel()).repeat(b)           # [B M K']
+
+    leaf = images.detach().requires_grad_(True)
+    chunk = config.max_batch or leaf.shape[0]
+    scores = []
+    for start in range(0, leaf.shape[0], chunk):
+        part = slice(start, start + chunk)
+        s = objective.scores(leaf[part], rows[part]).float()
+        (sign[part] * s).sum().backward()
+        scores.append(s.detach())
+    images.backward(leaf.grad)
+
+    scores = torch.cat(scores).view(b, len(modes), areas.numel())
+    loss = (scores * sign.view(b, len(modes), -1)).sum(dim=(1, 2))
+    return StepResult(loss=loss, scores={m: scores[:, i] for i, m in enumerate(modes)},
+                      thresholds=thresholds.detach())
