@@ -29,20 +29,24 @@ def efficientnet_lite0() -> torch.nn.Module:
     return model.eval()
 
 
-def preprocess_imagenet(image: np.ndarray, size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
-    """HxWx3 uint8 RGB -> (model input ``1 x 3 x size x size``, display image ``size x size x 3`` in [0, 1]).
+def preprocess_imagenet(image: np.ndarray, size: int = 224, crop: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """HxW(x3) uint8 RGB -> (model input ``1 x 3 x size x size``, display image ``size x size x 3`` in [0, 1]).
 
-    Resize the short side to ``size * 256 / 224`` (bicubic), centre-crop ``size``, normalise
-    ``(x - 0.5) / 0.5``.
+    ``crop=False`` (for attribution: the whole photo is explained) resizes to ``size x size``;
+    ``crop=True`` is the ImageNet evaluation protocol: short side to ``size * 256 / 224``,
+    centre crop. Bicubic, antialiased; normalised ``(x - 0.5) / 0.5``.
     """
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div(255)[None]
-    short = round(size * 256 / 224)
     h, w = x.shape[-2:]
-    scale = short / min(h, w)
-    x = F.interpolate(x, size=(max(short, round(h * scale)), max(short, round(w * scale))),
-                      mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    if crop:
+        scale = round(size * 256 / 224) / min(h, w)
+        shape = (max(size, round(h * scale)), max(size, round(w * scale)))
+    else:
+        shape = (size, size)
+    x = F.interpolate(x, size=shape, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top:top + size, left:left + size]
     return (x - 0.5) / 0.5, x[0].permute(1, 2, 0)

@@ -87,29 +87,41 @@ def mask_area(masks: torch.Tensor) -> torch.Tensor:
 def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
                      thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
                      max_iter: int = 50) -> torch.Tensor:
-    """Batched Levenberg-Marquardt for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
+    """Batched, bracketed Levenberg-Marquardt for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
 
     ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] -> thresholds ``B x K``.
-    Residual ``r(t) = mean_i sig_i^2 - a``, Jacobian ``J = -2 s mean_i sig_i^2 (1 - sig_i)``,
-    step ``dt = -J r / (J^2 + lam)``; a step is taken only if it lowers ``|r|`` (then
-    ``lam /= 10``, else ``lam *= 10``). Start: ``thresholds_init`` (warm start) or the
-    (1 - a) quantile of the schedule. Stops when ``max |r| < tol`` or after ``max_iter``.
-    Areas 0 and 1 are not solved: their thresholds are +inf / -inf (masks exactly 0 / 1).
+    Residual ``r(t) = mean_i sig_i^2 - a`` (decreasing in t), Jacobian
+    ``J = -2 s mean_i sig_i^2 (1 - sig_i)``, LM step ``dt = -J r / (J^2 + lam)``; ``lam /= 10``
+    after a step that lowers ``|r|``, else ``lam *= 10`` and the step is not taken.
+    Safeguard: the root stays bracketed by ``[lo, hi]`` (initially
+    ``min x - (logit(sqrt a) + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``, where r >= 0 and
+    r <= 0), shrunk by every evaluated point; an LM step that leaves the inner 98 % of the
+    bracket is replaced by bisection (so flat stretches of r, J = 0, cannot stall it).
+    Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule.
+    Stops when ``max |r| < tol`` or after ``max_iter``. Areas 0 and 1 are not solved:
+    their thresholds are +inf / -inf (masks exactly 0 / 1).
     """
     x = schedule.flatten(1).unsqueeze(1)                    # B x 1 x N
     a = areas.to(x.dtype).view(1, -1)                        # 1 x K
     inner = (a > 0) & (a < 1)
+    a_in = torch.where(inner, a, torch.full_like(a, 0.5))
+    logit = torch.log(a_in.sqrt() / (1 - a_in.sqrt()))
+    lo = x.amin(-1) - (logit + 1) / sharpness                # B x K, r(lo) >= 0
+    hi = x.amax(-1) - (logit - 1) / sharpness                # B x K, r(hi) <= 0
     if thresholds_init is None:
-        q = (1 - a.clamp(0, 1)).squeeze(0)
-        t = torch.quantile(x.squeeze(1), q, dim=1).T.contiguous()  # B x K
+        t = torch.quantile(x.squeeze(1), (1 - a_in).squeeze(0), dim=1).T.contiguous()
     else:
-        t = thresholds_init.to(x.dtype).clone()
-    t = torch.where(inner, t, torch.zeros_like(t)).expand(x.shape[0], -1).clone()
+        t = torch.where(inner, thresholds_init.to(x.dtype), torch.zeros_like(lo))
+    t = torch.minimum(torch.maximum(t, lo), hi)
 
     def residual(t):
-        return torch.sigmoid(sharpness * (x - t.unsqueeze(-1))).square().mean(-1) - a
+        return torch.sigmoid(sharpness * (x - t.unsqueeze(-1))).square().mean(-1) - a_in
+
+    def shrink(lo, hi, t, r):
+        return torch.where(r > 0, torch.maximum(lo, t), lo), torch.where(r <= 0, torch.minimum(hi, t), hi)
 
     r = residual(t)
+    lo, hi = shrink(lo, hi, t, r)
     lam = torch.full_like(t, 1e-3)
     for _ in range(max_iter):
         active = inner & (r.abs() >= tol)
@@ -117,12 +129,16 @@ def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: flo
             break
         sig = torch.sigmoid(sharpness * (x - t.unsqueeze(-1)))
         jac = -2 * sharpness * (sig.square() * (1 - sig)).mean(-1)
-        t_new = t - jac * r / (jac.square() + lam)
+        t_lm = t - jac * r / (jac.square() + lam)
+        margin = 0.01 * (hi - lo)
+        inside = (t_lm > lo + margin) & (t_lm < hi - margin)
+        t_new = torch.where(inside, t_lm, (lo + hi) / 2)
         r_new = residual(t_new)
-        accept = active & (r_new.abs() < r.abs())
-        t = torch.where(accept, t_new, t)
-        r = torch.where(accept, r_new, r)
-        lam = torch.where(accept, lam / 10, torch.where(active, lam * 10, lam)).clamp(1e-12, 1e12)
+        lo, hi = shrink(lo, hi, torch.where(active, t_new, lo), torch.where(active, r_new, r.new_ones(())))
+        better = active & (r_new.abs() < r.abs())
+        t = torch.where(better, t_new, t)
+        r = torch.where(better, r_new, r)
+        lam = torch.where(better, lam / 10, torch.where(active, lam * 10, lam)).clamp(1e-12, 1e12)
     big = torch.tensor(float("inf"), dtype=t.dtype, device=t.device)
     return torch.where(inner, t, torch.where(a <= 0, big, -big))
 
