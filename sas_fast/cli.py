@@ -1,7 +1,8 @@
-"""Command line: ``sas-fast explain IMAGE... | sas-fast explain --demo``.
+"""Command line: ``sas-fast explain IMAGE... | --demo`` and ``sas-fast compare IMAGE... | --demo``.
 
 ``explain`` runs SaS with the bundled ImageNet classifier (EfficientNet-Lite0) on photos
-and writes one heat-map overlay PNG per image, at the photo's own size.
+and writes one heat-map overlay PNG per image, at the photo's own size; ``compare`` writes
+a grid of SaS next to the baselines (paper figure 5).
 """
 from __future__ import annotations
 
@@ -45,11 +46,8 @@ def _model(name: str):
     return efficientnet_lite0(), preprocess_imagenet
 
 
-def explain(args) -> int:
-    """Attribute each photo and write ``<stem>_sas.png`` overlays."""
-    from . import attribute
-    from .viz import overlay, save_png
-
+def _inputs(args):
+    """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations) for --demo or IMAGE..."""
     if args.demo:
         import skimage.data
 
@@ -59,11 +57,20 @@ def explain(args) -> int:
         names, photos = args.images, [_load_photo(p) for p in args.images]
         iterations = args.iterations or 200
     else:
-        raise SystemExit("sas-fast explain: give IMAGE paths or --demo")
+        raise SystemExit(f"sas-fast {args.command}: give IMAGE paths or --demo")
     model, preprocess = _model(args.model)
     images = torch.cat([preprocess(p)[0] for p in photos])
     with torch.no_grad():
         probs = model(images).softmax(-1)
+    return names, photos, model, images, probs, iterations
+
+
+def explain(args) -> int:
+    """Attribute each photo and write ``<stem>_sas.png`` overlays."""
+    from . import attribute
+    from .viz import overlay, save_png
+
+    names, photos, model, images, probs, iterations = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     layer = args.layer
     if layer is not None and layer not in dict(model.named_modules()):
@@ -85,6 +92,35 @@ def explain(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    """Figure-5 style grid: each photo, then SaS and the baselines as overlays."""
+    from . import attribute, baselines
+    from .viz import attribution_grid
+
+    names, photos, model, images, probs, iterations = _inputs(args)
+    target = args.target if args.target is not None else probs.argmax(-1)
+    methods = {
+        "SaS": lambda: attribute(model, images, target, iterations=iterations, backend=args.backend,
+                                 progress=True),
+        "GradCAM": lambda: baselines.grad_cam(model, images, target),
+        "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
+        "Guided BP": lambda: baselines.guided_backprop(model, images, target),
+    }
+    if hasattr(baselines, "extremal_perturbation"):
+        methods["EP"] = lambda: baselines.extremal_perturbation(model, images, target)
+    maps = {}
+    for name, fn in methods.items():
+        start = time.perf_counter()
+        maps[name] = fn().cpu()
+        print(f"{name}: {time.perf_counter() - start:.1f} s")
+    shown = [np.asarray(photo, dtype=np.float32) / 255 for photo in photos]
+    rows = [[maps[m][i] / maps[m][i].max().clamp_min(1e-12) for m in maps] for i in range(len(photos))]
+    out = Path(args.out or "compare.png")
+    attribution_grid(shown, rows, list(maps), out, row_titles=[Path(n).stem for n in names])
+    print(f"SaS with {iterations} iterations; grid -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sas-fast", description="Saliency as a Schedule")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
     p.add_argument("--out", default=None, help="output PNG (one image) or folder")
     p.set_defaults(func=explain)
+    p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP for photos (figure 5)")
+    p.add_argument("images", nargs="*", help="image files (any format PIL reads)")
+    p.add_argument("--demo", action="store_true", help=f"use the bundled photo '{DEMO_PHOTO}'")
+    p.add_argument("--model", default="efficientnet-lite0")
+    p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"SaS steps (default 200; {DEMO_ITERATIONS} with --demo)")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
+    p.add_argument("--out", default=None, help="output PNG (default compare.png)")
+    p.set_defaults(func=compare)
     return parser
 
 

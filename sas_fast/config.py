@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 MODES = ("insertion", "deletion", "both")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SaSConfig:
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
+    precision: str = "fp32"       # model precision: fp32 | bf16 (autocast + channels-last; masks stay fp32)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 
     def resolved(self, height: int, width: int) -> "SaSConfig":
@@ -64,6 +66,8 @@ class SaSConfig:
         for name in ("lr", "beta", "sharpness", "threshold_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.levels < 2:
             raise ValueError(f"levels must be >= 2, got {self.levels}")
 

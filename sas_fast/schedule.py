@@ -127,10 +127,13 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
 
     leaf = images.detach().requires_grad_(True)
     chunk = config.max_batch or leaf.shape[0]
+    bf16 = config.precision == "bf16"
     scores = []
     for start in range(0, leaf.shape[0], chunk):
         part = slice(start, start + chunk)
-        s = objective.scores(leaf[part], rows[part]).float()
+        x = leaf[part].contiguous(memory_format=torch.channels_last) if bf16 else leaf[part]
+        with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=bf16):
+            s = objective.scores(x, rows[part]).float()
         (sign[part] * s).sum().backward()
         scores.append(s.detach())
     images.backward(leaf.grad)

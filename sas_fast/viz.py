@@ -35,3 +35,82 @@ def save_png(path, rgb: np.ndarray) -> None:
     import matplotlib.image
 
     matplotlib.image.imsave(str(path), rgb)
+
+
+def plot_game_curves(results: dict, path, title: str = "") -> None:
+    """Figure-4 style: mean insertion and deletion curves (target probability vs fraction of
+    pixels kept / removed) of each method; ``results`` maps a name to a ``GameResult``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, res in results.items():
+        r = res.ratios.numpy()
+        axes[0].plot(r, res.insertion.mean(0).numpy(), marker="o", ms=3, label=f"{name} ({res.ins:.3f})")
+        axes[1].plot(r, res.deletion.mean(0).numpy(), marker="o", ms=3, label=f"{name} ({res.dele:.3f})")
+    for ax, what in zip(axes, ("Insertion: fraction kept (higher is better)",
+                               "Deletion: fraction removed (lower is better)")):
+        ax.set_xlabel(what)
+        ax.set_ylabel("p(target)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:
+    """Figure-3 style: the score of every mask (x: mask area) at the recorded iterations,
+    one panel per loss mode, from a :class:`sas_fast.SaSTrace`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(trace.scores)
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 3.6), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, mode in zip(axes[0], modes):
+        for j, it in enumerate(trace.iterations):
+            ax.plot(trace.areas.numpy(), trace.scores[mode][j, image].numpy(),
+                    color=cmap(j / max(1, len(trace.iterations) - 1)), label=f"iteration {it}")
+        ax.set_xlabel(f"mask area a_k ({'kept' if mode == 'insertion' else 'removed'})")
+        ax.set_ylabel("score (logit)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def attribution_grid(images: list, rows: list, columns: list, path, col_titles=None,
+                     row_titles=None) -> None:
+    """A grid of panels: each row an image (``H x W x 3`` in [0, 1]) shown first, then its
+    saliency maps (``rows[i][j]``, ``h x w``) as overlays; ``columns`` names the maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = 1 + len(columns)
+    fig, axes = plt.subplots(len(images), n_cols, figsize=(2.2 * n_cols, 2.2 * len(images)),
+                             squeeze=False)
+    for i, image in enumerate(images):
+        panels = [np.asarray(image)] + [overlay(image, s) for s in rows[i]]
+        for j, panel in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title((["image"] + list(col_titles or columns))[j], fontsize=9)
+        if row_titles:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

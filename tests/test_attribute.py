@@ -171,3 +171,11 @@ def test_train_mode_model_is_evaluated_in_eval_mode_and_restored():
     assert _state(model) == before
     eval_sal = attribute(TextureDetector().eval(), textured_images(), 0, iterations=3)
     torch.testing.assert_close(sal, eval_sal)        # dropout and batch statistics were off
+
+
+def test_bf16_precision_agrees_with_fp32(model):
+    images = textured_images()
+    fp32 = attribute(model, images, 0, iterations=10)
+    bf16 = attribute(model, images, 0, iterations=10, precision="bf16")
+    corr = torch.corrcoef(torch.stack([fp32.flatten(), bf16.flatten()]))[0, 1]
+    assert corr > 0.95 and (region_recall(bf16) > 0.5).all()

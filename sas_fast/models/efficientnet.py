@@ -39,7 +39,7 @@ def preprocess_imagenet(image: np.ndarray, size: int = 224, crop: bool = False
     """
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
-    x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float().div(255)[None]
+    x = torch.from_numpy(np.array(image[..., :3], dtype=np.uint8)).permute(2, 0, 1).float().div(255)[None]
     h, w = x.shape[-2:]
     if crop:
         scale = round(size * 256 / 224) / min(h, w)

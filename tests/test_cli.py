@@ -1,0 +1,35 @@
+"""The CLI: the demo and a user's photo each give an overlay PNG of the photo's own size."""
+import numpy as np
+import pytest
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="CLI tests need the 'demo' extra")
+import matplotlib.image  # noqa: E402
+import skimage.data  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sas_fast.cli import main  # noqa: E402
+
+
+def test_demo_writes_overlay_of_the_photo_size(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["explain", "--demo", "--iterations", "1", "--out", str(out)]) == 0
+    png = matplotlib.image.imread(out)
+    assert png.shape[:2] == skimage.data.chelsea().shape[:2]
+    assert "1 iterations" in capsys.readouterr().out
+
+
+def test_explain_user_photo_with_target_and_layer(tmp_path):
+    photo = (np.random.default_rng(0).random((61, 90, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "noise.png"
+    Image.fromarray(photo).save(path)
+    assert main(["explain", str(path), "--iterations", "1", "--target", "3",
+                 "--layer", "_blocks.2", "--out", str(tmp_path / "o")]) == 0
+    assert matplotlib.image.imread(tmp_path / "o" / "noise_sas.png").shape[:2] == (61, 90)
+
+
+def test_explain_rejects_missing_file_and_unknown_layer(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["explain", str(tmp_path / "missing.png"), "--iterations", "1"])
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "z.png")
+    with pytest.raises(SystemExit, match="no layer"):
+        main(["explain", str(tmp_path / "z.png"), "--layer", "nope", "--iterations", "1"])
