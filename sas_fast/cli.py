@@ -2,7 +2,8 @@
 
 ``explain`` runs SaS with the bundled ImageNet classifier (EfficientNet-Lite0) on photos
 and writes one heat-map overlay PNG per image, at the photo's own size; ``compare`` writes
-a grid of SaS next to the baselines (paper figure 5).
+a grid of SaS next to the baselines (paper figure 5); ``attribute-dataset`` and ``merge``
+(:mod:`sas_fast.dataset_run`) attribute whole datasets, sharded under ``torchrun``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .dataset_run import add_cli_arguments as add_dataset_commands
 
 #: iterations of ``explain --demo``: about two minutes on a 2-core CPU (README, RESULTS.md).
 DEMO_ITERATIONS = 40
@@ -145,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
     p.add_argument("--out", default=None, help="output PNG (default compare.png)")
     p.set_defaults(func=compare)
+    add_dataset_commands(sub)
     return parser
 
 

@@ -1,0 +1,104 @@
+"""Command line of dataset-scale attribution: ``attribute-dataset`` and ``merge``.
+
+One process::
+
+    sas-fast attribute-dataset --images data/cifar10/test.npz \\
+        --model resnet8:cifar10:/work/shared/models --out runs/c10 [--batch-size 32] \\
+        [--iterations 200] [--precision bf16] [--targets labels|predicted] [--option window=7]
+    sas-fast merge runs/c10                      # -> runs/c10/saliency.npz
+
+(``python -m sas_fast.dataset_run`` takes the same sub-commands.) Several processes on one
+machine, one per GPU (or CPU processes with gloo), with PyTorch's launcher::
+
+    torchrun --nproc-per-node 8 -m sas_fast.dataset_run attribute-dataset --images ... --out runs/c10
+
+Several machines (``--out`` on a file system all of them see; run on every node)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST0:29500 --rdzv-id c10-job \\
+        -m sas_fast.dataset_run attribute-dataset --images ... --model ... --out /shared/runs/c10
+
+Each process takes the chunks ``c`` with ``c mod WORLD_SIZE == RANK`` and uses GPU
+``LOCAL_RANK`` when CUDA is available; rank 0 shows the progress of all of them. An
+interrupted run is resumed by running the same command again (with any number of
+processes). Model specs: :mod:`sas_fast.dataset.model_spec`. One run per output folder at
+a time. On CPU, torchrun gives each worker one thread (``OMP_NUM_THREADS=1``); one process
+per core was faster than one process with a thread per core on a busy 2-core machine.
+
+Wiring into a parser: ``add_cli_arguments(subparsers)`` adds both sub-commands with
+``func`` set to their handler (``args.func(args)`` returns the exit status).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from .dataset import DatasetRunError, attribute_dataset, merge
+
+
+def _option(text: str) -> tuple:
+    """``KEY=VALUE`` -> (key, Python literal or string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def run_attribute_dataset(args) -> int:
+    attribute_dataset(args.images, args.model, args.out, batch_size=args.batch_size,
+                      iterations=args.iterations, precision=args.precision, targets=args.targets,
+                      seed=args.seed, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
+                      **dict(args.option))
+    return 0
+
+
+def run_merge(args) -> int:
+    print(f"merged into {merge(args.dir, args.dest)}")
+    return 0
+
+
+def add_cli_arguments(subparsers) -> None:
+    """Add the ``attribute-dataset`` and ``merge`` sub-commands to an argparse sub-parser set."""
+    p = subparsers.add_parser("attribute-dataset", help="SaS maps for every image of a folder or npz",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, metavar="SRC",
+                   help="folder of images, or .npz with images/labels")
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help="efficientnet-lite0 | ARCH:DATASET[:MODELS_DIR] | MODULE:FUNCTION")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (rerun to resume)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per SaS batch (default 32)")
+    p.add_argument("--iterations", type=int, default=200, help="SaS iterations (default 200)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="model precision (default fp32)")
+    p.add_argument("--targets", choices=["auto", "labels", "predicted"], default="auto",
+                   help="explained class: labels, top-1 prediction, or auto (labels if the source has them)")
+    p.add_argument("--seed", type=int, default=0, help="pre-mask seed (default 0)")
+    p.add_argument("--chunk-size", type=int, default=128, help="images per chunk file (default 128)")
+    p.add_argument("--max-chunks", type=int, default=None, help="stop after N chunks per process")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="further sas_fast.attribute option, e.g. window=7 (repeatable)")
+    p.set_defaults(func=run_attribute_dataset)
+    m = subparsers.add_parser("merge", help="assemble a finished attribute-dataset folder into one npz")
+    m.add_argument("dir", help="output folder of attribute-dataset")
+    m.add_argument("--dest", default=None, help="npz to write (default DIR/saliency.npz)")
+    m.set_defaults(func=run_merge)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sas_fast.dataset_run",
+                                     description="dataset-scale SaS attribution")
+    add_cli_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DatasetRunError as err:
+        print(f"sas-fast: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
