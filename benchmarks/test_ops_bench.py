@@ -29,7 +29,7 @@ def _fn(op: str, backend: str):
         pytest.skip(f"backend {backend} unavailable on {DEVICE}")
     if backend == "triton" and DEVICE == "cpu":
         pytest.skip("the Triton interpreter is a correctness tool, not a benchmark target")
-    return lambda *a: getattr(ops, op)(*a, backend=backend)
+    return lambda *a, **kw: getattr(ops, op)(*a, backend=backend, **kw)
 
 
 def _sync():
@@ -69,7 +69,7 @@ def test_threshold_masks(benchmark, case, backend):
     weights = torch.randn(schedule.shape[0], areas.numel(), *schedule.shape[-2:], device=DEVICE)
 
     def run():
-        masks, _ = fn(schedule, areas, 20.0, None, True, 1e-4, 50)
+        masks, _ = fn(schedule, areas, 20.0, None, True, tol=1e-4, max_iter=50)
         (masks * weights).sum().backward()
         _sync()
 
@@ -103,7 +103,7 @@ def test_mask_pipeline(benchmark, case, backend):
 
     def run():
         schedule = fns["smooth_softmax_pool"](premask, case[2], 1.0)
-        masks, _ = fns["threshold_masks"](schedule, areas, 20.0, None, True, 1e-4, 50)
+        masks, _ = fns["threshold_masks"](schedule, areas, 20.0, None, True, tol=1e-4, max_iter=50)
         out = fns["pyramid_mask"](pyramid, masks).sum() - fns["pyramid_mask"](pyramid, 1 - masks).sum()
         out.backward()
         _sync()

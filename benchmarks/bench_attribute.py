@@ -1,0 +1,226 @@
+"""Time one SaS optimisation step against the CNN work it cannot avoid, all in one process.
+
+For each model (VGG16 at 224 px, ResNet8 at 32 px; random weights, architectures defined here)
+and batch size B it measures, in ms per iteration:
+
+- ``cnn``: the model's forward + input gradient on the ``2 (K - 2) B`` masked images of one step
+  (insertion and deletion, inner masks), the same micro-batches: the floor for any SaS step;
+- ``reference``: :func:`sas_fast.schedule.sas_step` with ``backend="reference"`` (eager PyTorch);
+- ``fused``: ``sas_step`` with ``backend="triton"`` on CUDA, ``"cpp"`` on a CPU (if built).
+
+It prints one table row per (model, B) with the ratios to ``cnn`` and the seconds per image of a
+full run (200 iterations at 32 px, 800 at 224 px: paper section 4)::
+
+    python benchmarks/bench_attribute.py                       # CUDA: B = 1 16 128
+    python benchmarks/bench_attribute.py --quick               # a CPU smoke run, seconds
+    python benchmarks/bench_attribute.py --models resnet8 --batch 1 16 --iters 5 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from sas_fast import ops
+from sas_fast.config import SaSConfig
+from sas_fast.ops import reference
+from sas_fast.schedule import Objective, sas_step
+
+RUN_ITERATIONS = {32: 200, 224: 800}
+
+
+def cbr(i: int, o: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, k, padding=k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.a, self.b = cbr(c, c, 3), cbr(c, c, 3)
+
+    def forward(self, x):
+        return x + self.b(self.a(x))
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def resnet8(classes: int = 10) -> nn.Sequential:
+    """The paper's ResNet8 (layout of ../shared/models/README.md), 32 x 32 input."""
+    def conv_pool(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                             nn.BatchNorm2d(o), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(3, 27, 3, padding=1, bias=False), cbr(27, 64, 1), conv_pool(64, 128),
+                         Residual(128), conv_pool(128, 256), conv_pool(256, 512), Residual(512),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, classes, bias=False),
+                         Scale(0.125))
+
+
+def vgg16(classes: int = 1000) -> nn.Sequential:
+    """ImageNet VGG16 (13 conv 3x3 + ReLU, 5 max pools, 4096-4096-classes head), 224 x 224 input."""
+    layers, c = [], 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+            c = v
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(512 * 49, 4096),
+                         nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
+                         nn.Linear(4096, classes))
+
+
+MODELS = {"vgg16": (vgg16, 224), "resnet8": (resnet8, 32)}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn, device, warmup: int, iters: int) -> float:
+    """Median wall time of ``fn()`` in ms over ``iters`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def _fused_backend(device: torch.device, requested: str | None) -> str | None:
+    name = requested or ("triton" if device.type == "cuda" else "cpp")
+    return name if ops.unavailable_reason(name, device) is None else None
+
+
+def bench(model_name: str, size: int, b: int, precision: str, args, device: torch.device) -> dict:
+    build, _ = MODELS[model_name]
+    torch.manual_seed(0)
+    model = build().to(device).eval().requires_grad_(False)
+    bf16 = precision == "bf16"
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(b, 3, size, size, device=device)
+    target = torch.zeros(b, dtype=torch.long, device=device)
+    max_batch = args.max_batch or (256 if model_name == "vgg16" else 1024)
+    base = SaSConfig(num_masks=args.num_masks, max_batch=max_batch, precision=precision).resolved(size, size)
+    r = base.window // 2
+    n_images = 2 * (args.num_masks - 2) * b
+    row = {"model": model_name, "px": size, "B": b, "precision": precision, "images": n_images}
+
+    masked = torch.rand(n_images, 3, size, size, device=device)
+    rows = torch.arange(b, device=device).repeat_interleave(n_images // b)
+
+    def cnn():
+        for start in range(0, n_images, max_batch):
+            x = masked[start:start + max_batch].requires_grad_(True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                x_in = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+                score = model(x_in).float().gather(1, target[rows[start:start + max_batch]].unsqueeze(1))
+            score.sum().backward()
+
+    row["cnn"] = _time_ms(cnn, device, args.warmup, args.iters)
+
+    objective = Objective(model, images, target)
+    pyramid = reference.blur_pyramid(images, base.levels, base.max_blur)
+    fused = _fused_backend(device, args.fused_backend)
+    row["fused_backend"] = fused
+    for label, backend in (("reference", "reference"), ("fused", fused)):
+        if backend is None:
+            row[label] = None
+            continue
+        config = dataclasses.replace(base, backend=backend)
+        premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, device=device, requires_grad=True)
+        state = {"thresholds": None}
+
+        def step():
+            premask.grad = None
+            result = sas_step(premask, pyramid, objective, config, state["thresholds"])
+            state["thresholds"] = result.thresholds
+
+        row[label] = _time_ms(step, device, args.warmup, args.iters)
+    return row
+
+
+def _table(rows: list) -> str:
+    cols = [("model", 8), ("px", 4), ("B", 4), ("prec", 4), ("images", 6), ("cnn ms", 9), ("ref ms", 9),
+            ("fused ms", 9), ("ref/cnn", 8), ("fused/cnn", 9), ("ref/fused", 9), ("s/img ref", 9),
+            ("s/img fused", 11), ("fused", 6)]
+    head = " ".join(f"{name:>{w}}" for name, w in cols)
+    lines = [head, "-" * len(head)]
+
+    def num(v, digits):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    for r in rows:
+        iters = RUN_ITERATIONS.get(r["px"], 200)
+        ratio = lambda a, c: None if a is None or c is None else a / c  # noqa: E731
+        per_image = lambda ms: None if ms is None else ms * iters / 1e3 / r["B"]  # noqa: E731
+        cells = [r["model"], r["px"], r["B"], r["precision"], r["images"], num(r["cnn"], 1),
+                 num(r["reference"], 1), num(r["fused"], 1), num(ratio(r["reference"], r["cnn"]), 2),
+                 num(ratio(r["fused"], r["cnn"]), 2), num(ratio(r["reference"], r["fused"]), 2),
+                 num(per_image(r["reference"]), 3), num(per_image(r["fused"]), 3),
+                 r["fused_backend"] or "-"]
+        lines.append(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)))
+    lines.append(f"s/img: seconds per image of a full run ({RUN_ITERATIONS[32]} iterations at 32 px, "
+                 f"{RUN_ITERATIONS[224]} at 224 px), from the per-iteration time.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["resnet8", "vgg16"])
+    parser.add_argument("--batch", nargs="+", type=int, default=None,
+                        help="batch sizes (default: 1 16 128 on CUDA, 1 on a CPU)")
+    parser.add_argument("--num-masks", type=int, default=20, help="K, the end masks included (paper: 20)")
+    parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 5 CUDA, 2 CPU)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (Triton compiles)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="masked images per model call (default 256 for VGG16, 1024 for ResNet8)")
+    parser.add_argument("--vgg-size", type=int, default=224, help="VGG16 input size")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                        help="model precision(s): bf16 = autocast + channels-last (masks stay fp32)")
+    parser.add_argument("--fused-backend", choices=("triton", "cpp"), default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU smoke run: B = 1, K = 4, VGG16 at 64 px, 1 warm-up, 1 iteration")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        args.batch, args.num_masks, args.warmup, args.iters = args.batch or [1], 4, 1, 1
+        args.vgg_size = min(args.vgg_size, 64)
+    args.batch = args.batch or ([1, 16, 128] if device.type == "cuda" else [1])
+    args.iters = args.iters or (5 if device.type == "cuda" else 2)
+    rows = []
+    for name in args.models:
+        size = args.vgg_size if name == "vgg16" else MODELS[name][1]
+        for b in args.batch:
+            for precision in args.precision:
+                rows.append(bench(name, size, b, precision, args, device))
+                print(f"done {name} {size}px B={b} {precision}: {rows[-1]}", flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\ndevice: {name}, torch {torch.__version__}, K = {args.num_masks}, median of {args.iters}")
+    print(_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Triton backend: fused forward and backward kernels for the SaS ops.
+
+Same signatures as :mod:`sas_fast.ops.reference`; each op is a ``torch.autograd.Function``
+in its own module (kernels and autograd wiring together):
+
+- :func:`smooth_softmax_pool` (``smooth_softmax_pool.py``): Gaussian valid blur + the separable,
+  stable soft-max-pool; backward as window sums.
+- :func:`threshold_masks` (``threshold_masks.py``): one program per (image, area) pair runs the
+  Levenberg-Marquardt solve and writes its mask; implicit-gradient backward.
+- :func:`blur_pyramid`, :func:`pyramid_mask` (``pyramid.py``).
+
+CUDA tensors run the compiled kernels. CPU tensors run under the Triton interpreter, only when
+``TRITON_INTERPRET=1`` was set before this package was imported (Triton reads it when the
+kernels are decorated). The package imports without Triton; :func:`unavailable_reason` then
+says so.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["unavailable_reason"]
+
+try:
+    import triton  # noqa: F401
+except ImportError as exc:
+    _IMPORT_ERROR = f"triton is not importable ({exc}); install triton>=3.4"
+else:
+    _IMPORT_ERROR = None
+    __all__ += ["blur_pyramid", "pyramid_mask", "smooth_softmax_pool", "threshold_masks"]
+    from .pyramid import blur_pyramid, pyramid_mask
+    from .smooth_softmax_pool import smooth_softmax_pool
+    from .threshold_masks import threshold_masks
+
+#: the kernels run under the interpreter (TRITON_INTERPRET=1 at import time)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None if the Triton kernels can run on tensors of ``device``, else why not."""
+    device = torch.device(device)
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if INTERPRETED and os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return ("TRITON_INTERPRET=1 was set after sas_fast.ops.triton was imported; "
+                    "set it before importing sas_fast to run the Triton kernels on CPU tensors")
+        return "Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)"
+    return f"Triton kernels do not run on device type {device.type!r}"
+

@@ -1,0 +1,179 @@
+"""Masks of prescribed areas (paper eq. 3-6) as Triton kernels: solve, masks, implicit gradient.
+
+Shapes: schedule ``x`` ``B x 1 x H x W`` (N = H W pixels), areas ``a`` ``[K]`` ->
+masks ``m`` ``B x K x H x W``, thresholds ``t`` ``B x K``.
+
+Forward: one program per (b, k) runs the bracketed Levenberg-Marquardt solve of
+``r(t) = mean_i sigmoid(s (x_i - t))^2 - a_k = 0`` exactly as
+:func:`sas_fast.ops.reference.solve_thresholds`: ``J = -2 s mean sig^2 (1 - sig)``, LM step
+``t - J r / (J^2 + lam)``, replaced by bisection when it leaves the inner 98 % of the bracket
+``[lo, hi]`` (shrunk by every evaluated point); accept iff ``|r|`` drops, then ``lam /= 10`` else
+``lam *= 10``; stop at ``|r| < tol`` or ``max_iter``. One pass over the pixels per iteration
+gives both r and J of the candidate. Then it writes ``m_k = sigmoid(s (x - t_k))``. Areas 0 / 1:
+exact 0 / 1 masks, ``t = +inf / -inf``. The start (the (1 - a) quantile, ``torch.quantile``, or
+the warm start) and the initial bracket are set up with torch ops.
+
+Backward (SPEC section 3): ``G_ki = dL/dm_ki s m_ki (1 - m_ki)``, ``w_ki = m_ki^2 (1 - m_ki)``,
+``dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + eps)]`` (implicit), or
+``sum_k G_ki`` (thresholds held fixed). A per-(b, k) reduction kernel, then a per-pixel kernel.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .window import acc_dtype, block_size
+
+_EPS = 1e-12
+
+
+@triton.jit
+def _residual_and_jacobian(x_row, t, a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``(mean sig^2 - a, -2 s mean sig^2 (1 - sig))`` with ``sig = sigmoid(s (x - t))``."""
+    sq = tl.zeros([BLOCK], ACC)
+    cube = tl.zeros([BLOCK], ACC)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < N
+        sig = tl.sigmoid(s * (tl.load(x_row + offs, mask=ok, other=0.0).to(ACC) - t))
+        sig2 = tl.where(ok, sig * sig, 0.0)
+        sq += sig2
+        cube += sig2 * (1 - sig)
+    return tl.sum(sq, axis=0) / N - a, -2 * s * tl.sum(cube, axis=0) / N
+
+
+@triton.jit
+def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, tol, max_iter,
+                  ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (b, k): threshold ``t[b, k]`` and mask row ``m[b, k, :]``."""
+    pid = tl.program_id(0)
+    x_row = x_ptr + (pid // K).to(tl.int64) * N
+    m_row = m_ptr + pid.to(tl.int64) * N
+    a = tl.load(a_ptr + pid % K).to(ACC)
+    if (a > 0) & (a < 1):
+        t = tl.load(t0_ptr + pid).to(ACC)
+        r, jac = _residual_and_jacobian(x_row, t, a, s, N, ACC, BLOCK)
+        lo = tl.load(lo_ptr + pid).to(ACC)
+        hi = tl.load(hi_ptr + pid).to(ACC)
+        lo = tl.where(r > 0, tl.maximum(lo, t), lo)
+        hi = tl.where(r <= 0, tl.minimum(hi, t), hi)
+        lam = tl.full([], 1e-3, ACC)
+        it = 0
+        while (it < max_iter) & (tl.abs(r) >= tol):
+            t_lm = t - jac * r / (jac * jac + lam)
+            margin = 0.01 * (hi - lo)
+            t_new = tl.where((t_lm > lo + margin) & (t_lm < hi - margin), t_lm, (lo + hi) / 2)
+            r_new, jac_new = _residual_and_jacobian(x_row, t_new, a, s, N, ACC, BLOCK)
+            lo = tl.where(r_new > 0, tl.maximum(lo, t_new), lo)
+            hi = tl.where(r_new <= 0, tl.minimum(hi, t_new), hi)
+            better = tl.abs(r_new) < tl.abs(r)
+            t = tl.where(better, t_new, t)
+            r = tl.where(better, r_new, r)
+            jac = tl.where(better, jac_new, jac)
+            lam = tl.minimum(tl.maximum(tl.where(better, lam / 10, lam * 10), 1e-12), 1e12)
+            it += 1
+        tl.store(t_ptr + pid, t)
+        for start in range(0, N, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            ok = offs < N
+            x = tl.load(x_row + offs, mask=ok, other=0.0).to(ACC)
+            tl.store(m_row + offs, tl.sigmoid(s * (x - t)), mask=ok)
+    else:
+        tl.store(t_ptr + pid, tl.where(a > 0, float("-inf"), float("inf")))
+        fill = tl.zeros([BLOCK], ACC) + tl.where(a > 0, 1.0, 0.0)
+        for start in range(0, N, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            tl.store(m_row + offs, fill, mask=offs < N)
+
+
+@triton.jit
+def _area_coefficient_kernel(g_ptr, m_ptr, c_ptr, N, s, eps, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``c[b, k] = sum_j G_kj / (sum_j w_kj + eps)``."""
+    pid = tl.program_id(0)
+    g_row = g_ptr + pid.to(tl.int64) * N
+    m_row = m_ptr + pid.to(tl.int64) * N
+    sum_g = tl.zeros([BLOCK], ACC)
+    sum_w = tl.zeros([BLOCK], ACC)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < N
+        m = tl.load(m_row + offs, mask=ok, other=0.0).to(ACC)
+        sum_g += tl.load(g_row + offs, mask=ok, other=0.0).to(ACC) * s * m * (1 - m)
+        sum_w += m * m * (1 - m)
+    tl.store(c_ptr + pid, tl.sum(sum_g, axis=0) / (tl.sum(sum_w, axis=0) + eps))
+
+
+@triton.jit
+def _schedule_grad_kernel(g_ptr, m_ptr, c_ptr, dx_ptr, K, N, s, IMPLICIT: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``dx[b, i] = sum_k G_ki - c[b, k] w_ki`` (the second term only if IMPLICIT)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    acc = tl.zeros([BLOCK], ACC)
+    for k in range(K):
+        row = (b * K + k) * N
+        m = tl.load(m_ptr + row + offs, mask=ok, other=0.0).to(ACC)
+        term = tl.load(g_ptr + row + offs, mask=ok, other=0.0).to(ACC) * s * m * (1 - m)
+        if IMPLICIT:
+            term -= tl.load(c_ptr + b * K + k).to(ACC) * m * m * (1 - m)
+        acc += term
+    tl.store(dx_ptr + b * N + offs, acc, mask=ok)
+
+
+class ThresholdMasks(torch.autograd.Function):
+    """``(x B x 1 x H x W, areas [K]) -> (masks B x K x H x W, thresholds B x K)``."""
+
+    @staticmethod
+    def forward(ctx, schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter):
+        x = schedule.detach().flatten(1).contiguous()                # B x N
+        areas = areas.to(device=x.device, dtype=x.dtype).contiguous()
+        (b, n), k = x.shape, areas.numel()
+        inner = (areas > 0) & (areas < 1)
+        a_in = torch.where(inner, areas, torch.full_like(areas, 0.5))
+        logit = torch.log(a_in.sqrt() / (1 - a_in.sqrt()))
+        lo = (x.amin(1, keepdim=True) - (logit + 1) / sharpness).contiguous()   # B x K, r(lo) >= 0
+        hi = (x.amax(1, keepdim=True) - (logit - 1) / sharpness).contiguous()   # B x K, r(hi) <= 0
+        if thresholds_init is None:
+            t0 = torch.quantile(x, 1 - a_in, dim=1).T
+        else:
+            t0 = torch.where(inner, thresholds_init.detach().to(x.dtype), torch.zeros_like(lo))
+        t0 = torch.minimum(torch.maximum(t0, lo), hi).contiguous()
+        t = torch.empty(b, k, dtype=x.dtype, device=x.device)
+        masks = torch.empty(b, k, n, dtype=x.dtype, device=x.device)
+        _solve_kernel[(b * k,)](x, areas, t0, lo, hi, t, masks, k, n, float(sharpness), float(tol),
+                                int(max_iter), ACC=acc_dtype(x.dtype),
+                                BLOCK=block_size(n, x.device, gpu_block=1024))
+        masks = masks.view(b, k, *schedule.shape[-2:])
+        ctx.save_for_backward(masks)
+        ctx.sharpness, ctx.implicit_grad = float(sharpness), bool(implicit_grad)
+        ctx.mark_non_differentiable(t)
+        return masks, t
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_masks, grad_thresholds):
+        (masks,) = ctx.saved_tensors
+        b, k, h, w = masks.shape
+        n, acc = h * w, acc_dtype(masks.dtype)
+        grad = grad_masks.to(masks.dtype).contiguous()
+        coef = torch.zeros(b, k, dtype=masks.dtype, device=masks.device)
+        if ctx.implicit_grad:
+            _area_coefficient_kernel[(b * k,)](grad, masks, coef, n, ctx.sharpness, _EPS, ACC=acc,
+                                               BLOCK=block_size(n, masks.device, gpu_block=1024))
+        dx = torch.empty(b, 1, h, w, dtype=masks.dtype, device=masks.device)
+        block = block_size(n, masks.device)
+        _schedule_grad_kernel[(b, triton.cdiv(n, block))](grad, masks, coef, dx, k, n, ctx.sharpness,
+                                                          IMPLICIT=ctx.implicit_grad, ACC=acc,
+                                                          BLOCK=block)
+        return dx, None, None, None, None, None, None
+
+
+def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
+                    thresholds_init: torch.Tensor | None = None, implicit_grad: bool = True,
+                    tol: float = 1e-4, max_iter: int = 50):
+    """``(masks B x K x H x W, thresholds B x K)``: ``m_k = sigmoid(s (x - t_k))``, ``mean m_k^2 = a_k``."""
+    return ThresholdMasks.apply(schedule, areas, sharpness, thresholds_init, implicit_grad, tol,
+                                max_iter)
