@@ -1,0 +1,102 @@
+"""Baselines: shapes, channel reductions, per-sample targets, the model left exactly as found."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sas_fast import baselines
+from sas_fast.models.cifar import Residual, cbr
+
+pytest.importorskip("captum")
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(cbr(3, 8, 3), nn.MaxPool2d(2), Residual(8), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def images(b=3):
+    return torch.randn(b, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+def module_state(model):
+    return [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+             len(m._backward_pre_hooks)) for m in model.modules()]
+
+
+@pytest.mark.parametrize("name", sorted(baselines.BASELINES))
+def test_shape_targets_and_model_unchanged(name):
+    f = baselines.BASELINES[name]
+    model, x = small_model().train(), images()
+    model[0][1].eval()
+    model[-1].weight.requires_grad_(False)
+    model[2].register_forward_hook(lambda m, i, o: None)
+    flags = [p.requires_grad for p in model.parameters()]
+    before, state = module_state(model), {k: v.clone() for k, v in model.state_dict().items()}
+
+    a = f(model, x, [0, 1, 2])
+    assert a.shape == (3, 12, 12) and a.dtype == torch.float32
+    assert bool(torch.isfinite(a).all()) and bool((a >= 0).all()) and float(a.amax()) > 0
+    b = f(model, x, [3, 1, 0])
+    assert torch.allclose(a[1], b[1], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(a[0], b[0], rtol=1e-3) and not torch.allclose(a[2], b[2], rtol=1e-3)
+    alone = f(model, x[2:], 2)
+    assert torch.allclose(a[2:], alone, rtol=1e-4, atol=1e-6)
+
+    assert module_state(model) == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def input_gradient(model, x, target):
+    x = x.clone().requires_grad_(True)
+    model.eval()
+    model(x).gather(1, target[:, None]).sum().backward()
+    return x.grad
+
+
+def test_gradient_is_max_abs_over_channels():
+    model, x, t = small_model(), images(), torch.tensor([0, 1, 2])
+    expected = input_gradient(model, x, t).abs().amax(1)
+    assert torch.allclose(baselines.gradient(model, x, t), expected, atol=1e-7)
+
+
+def test_integrated_gradients_is_sum_abs_and_complete():
+    """Sum |.| over channels; the signed attributions sum to z(x) - z(0) (completeness)."""
+    model, x, t = small_model().eval(), images(2), torch.tensor([1, 3])
+    ig = baselines.integrated_gradients(model, x, t, n_steps=64)
+    from captum.attr import IntegratedGradients
+    signed = IntegratedGradients(model).attribute(x, baselines=0.0, target=t, n_steps=64)
+    assert torch.allclose(ig, signed.abs().sum(1), atol=1e-6)
+    with torch.no_grad():
+        gap = model(x).gather(1, t[:, None])[:, 0] - model(torch.zeros_like(x)).gather(1, t[:, None])[:, 0]
+    assert torch.allclose(signed.sum((1, 2, 3)), gap, atol=0.05 * float(gap.abs().max()))
+
+
+def test_grad_cam_default_layer_relu_and_upsampling():
+    model, x, t = small_model().eval(), images(2), torch.tensor([0, 3])
+    assert baselines.default_gradcam_layer(model) is model[2]
+    feats = {}
+    handle = model[2].register_forward_hook(lambda m, i, o: feats.update(a=o))
+    out = model(x)
+    handle.remove()
+    grads = torch.autograd.grad(out.gather(1, t[:, None]).sum(), feats["a"])[0]
+    cam = F.relu((grads.mean((2, 3), keepdim=True) * feats["a"]).sum(1, keepdim=True))
+    expected = F.interpolate(cam, size=(12, 12), mode="bilinear", align_corners=False)[:, 0]
+    got = baselines.grad_cam(model, x, t)
+    assert torch.allclose(got, expected.detach(), atol=1e-6)
+    by_name = baselines.grad_cam(model, x, t, layer="3")
+    assert by_name.shape == (2, 12, 12) and not torch.allclose(by_name, got)
+
+
+def test_guided_backprop_differs_from_gradient():
+    model, x = small_model(), images(2)
+    assert not torch.allclose(baselines.guided_backprop(model, x, 0), baselines.gradient(model, x, 0))
+
+
+def test_default_target_is_top1():
+    model, x = small_model().eval(), images(2)
+    top1 = model(x).argmax(1)
+    assert torch.equal(baselines.gradient(model, x), baselines.gradient(model, x, top1))

@@ -1,0 +1,132 @@
+"""The deletion / insertion game: a planted model where the right ranking is known, exact
+counts, tie-breaking, resizing, batching, and the model left as found."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sas_fast.evaluate.game as game_module
+from sas_fast.evaluate import GameResult, deletion_game, pixel_ranks
+
+H, W = 12, 12
+
+
+class Planted(nn.Module):
+    """Two classes; the logit of class 0 is ``10 (mean of the 3 x 3 region) - 5``: only those
+    nine pixels matter. Has a BatchNorm (to check the train flag) and a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        region = torch.zeros(1, 1, H, W)
+        region[..., 2:5, 6:9] = 1.0
+        self.register_buffer("region", region / region.sum())
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.norm = nn.BatchNorm2d(1, affine=False, track_running_stats=False)
+
+    def forward(self, x):
+        z = self.scale * (x.mean(1, keepdim=True) * self.region).sum((1, 2, 3)) - 5.0
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def planted_images(b=6):
+    """Bright region (1) on a dark, slightly textured background (about 0)."""
+    x = 0.05 * torch.randn(b, 3, H, W, generator=torch.Generator().manual_seed(0))
+    x[..., 2:5, 6:9] += 1.0
+    return x
+
+
+def right_saliency(b=6):
+    s = torch.rand(b, H, W, generator=torch.Generator().manual_seed(1)) * 0.1
+    s[:, 2:5, 6:9] += 1.0
+    return s
+
+
+def test_right_beats_random_beats_reversed():
+    model, x = Planted(), planted_images()
+    right = right_saliency()
+    random = torch.rand(6, H, W, generator=torch.Generator().manual_seed(2))
+    scores = {name: deletion_game(model, x, s, target=0, solver="torch")
+              for name, s in [("right", right), ("random", random), ("reversed", -right)]}
+    assert scores["right"].overall > scores["random"].overall + 0.2
+    assert scores["random"].overall > scores["reversed"].overall + 0.2
+    assert scores["right"].ins > scores["reversed"].ins and scores["right"].dele < scores["reversed"].dele
+
+
+def test_curves_shapes_and_ends():
+    model, x = Planted(), planted_images(3)
+    result = deletion_game(model, x, right_saliency(3), target=[0, 0, 0])
+    assert isinstance(result, GameResult)
+    assert result.insertion.shape == result.deletion.shape == (3, 11)
+    assert torch.allclose(result.ratios, torch.linspace(0, 1, 11, dtype=torch.float64))
+    clean = torch.softmax(model(x), 1)[:, 0].double()
+    assert torch.allclose(result.deletion[:, 0], clean, atol=1e-6)
+    assert torch.allclose(result.insertion[:, -1], clean, atol=1e-6)
+    assert result.overall == pytest.approx(result.ins - result.dele)
+    per_image = result.insertion.mean(1) - result.deletion.mean(1)
+    assert result.overall_se == pytest.approx(float(per_image.std() / math.sqrt(3)))
+    assert result.target.tolist() == [0, 0, 0]
+
+
+def test_exact_counts(monkeypatch):
+    """floor(p H W) pixels removed (deletion) or kept (insertion), the top-ranked ones."""
+    seen = []
+    real = game_module.nli_impute
+
+    def spy(images, keep, **kw):
+        seen.append(keep.clone())
+        return real(images, keep, **kw)
+    monkeypatch.setattr(game_module, "nli_impute", spy)
+    h, w = 7, 9
+    x = torch.randn(1, 3, h, w)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * h * w, 4))
+    sal = torch.rand(1, h, w)
+    ratios = [0.0, 0.1, 0.3, 0.7, 1.0]
+    deletion_game(model, x, sal, target=1, ratios=ratios, batch_size=100)
+    keep = torch.cat(seen)
+    assert keep.shape[0] == 2 * len(ratios)
+    ranks = pixel_ranks(sal, (h, w))[0]
+    for r, p in enumerate(ratios):
+        n = math.floor(p * h * w)
+        assert torch.equal(keep[r], ranks < n)
+        assert torch.equal(keep[len(ratios) + r], ranks >= n)
+
+
+def test_pixel_ranks_ties_and_resize():
+    ranks = pixel_ranks(torch.zeros(1, 3, 4), (3, 4))
+    assert ranks.flatten().tolist() == list(range(12))
+    s = torch.tensor([[[0.0, 1.0, 1.0, 0.5]]])
+    assert pixel_ranks(s, (1, 4)).flatten().tolist() == [3, 0, 1, 2]
+    small = torch.rand(2, 4, 4)
+    up = torch.nn.functional.interpolate(small[:, None], size=(8, 8), mode="bilinear",
+                                         align_corners=False)[:, 0]
+    assert torch.equal(pixel_ranks(small, (8, 8)), pixel_ranks(up, (8, 8)))
+    with pytest.raises(ValueError):
+        pixel_ranks(torch.full((1, 2, 2), float("nan")), (2, 2))
+
+
+def test_batch_size_and_solver_do_not_change_scores():
+    model, x = Planted(), planted_images(3)
+    s = torch.rand(3, H, W, generator=torch.Generator().manual_seed(3))
+    a = deletion_game(model, x, s, target=0, batch_size=5, solver="torch")
+    b = deletion_game(model, x, s, target=0, batch_size=64, solver="scipy")
+    assert torch.allclose(a.insertion, b.insertion, atol=1e-5)
+    assert torch.allclose(a.deletion, b.deletion, atol=1e-5)
+    c = deletion_game(model, x, s, target=0, seed=1)
+    assert not torch.allclose(a.insertion, c.insertion, atol=1e-7)
+
+
+def test_model_left_as_found():
+    model = Planted().train()
+    model.norm.eval()
+    model.scale.requires_grad_(True)
+    deletion_game(model, planted_images(2), right_saliency(2), target=None)
+    assert model.training and not model.norm.training and model.scale.requires_grad
+
+
+def test_rejects_bad_input():
+    model, x = Planted(), planted_images(2)
+    with pytest.raises(ValueError):
+        deletion_game(model, x, right_saliency(3), target=0)
+    with pytest.raises(ValueError):
+        deletion_game(model, x, right_saliency(2), target=0, ratios=[0.5, 1.5])
