@@ -3,19 +3,21 @@
 ``backend``: ``"reference"`` (plain PyTorch, :mod:`sas_fast.ops.reference`), ``"triton"``
 (fused kernels: compiled on CUDA tensors, interpreted on CPU tensors when
 ``TRITON_INTERPRET=1``), ``"cpp"`` (the ``csrc/`` CPU kernels), or ``"auto"``: the fastest
-available for the tensor's device, falling back to the reference, so ``"auto"`` works
-wherever the reference does. Inputs are checked here, once for every backend.
+available for the tensor's device (Triton on CUDA, C++ on CPU; never the Triton interpreter,
+which is a test tool), falling back to the reference, so ``"auto"`` works wherever the
+reference does. Inputs are checked here, once for every backend.
 """
 from __future__ import annotations
 
 import importlib
-import os
+import warnings
 
 import torch
 
 from . import reference
 
 BACKENDS = ("reference", "triton", "cpp")
+_FALLBACK_WARNED = False  # the "auto falls back to the reference on CPU" warning was given
 
 
 def _backend_module(name: str):
@@ -25,7 +27,7 @@ def _backend_module(name: str):
         return reference
     try:
         return importlib.import_module(f"sas_fast.ops.{name}")
-    except ImportError:
+    except (ImportError, OSError):
         return None
 
 
@@ -45,16 +47,27 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend that ``backend`` (possibly ``"auto"``) means on ``device``."""
     device = torch.device(device)
     if backend == "auto":
-        interpret = os.environ.get("TRITON_INTERPRET") == "1"
-        order = ("triton", "cpp") if device.type == "cuda" or interpret else ("cpp",)
+        order = ("triton",) if device.type == "cuda" else ("cpp",)
         for name in order:
             if unavailable_reason(name, device) is None:
                 return name
+        if device.type == "cpu":
+            _warn_reference_fallback(unavailable_reason("cpp", device))
         return "reference"
     reason = unavailable_reason(backend, device)
     if reason is not None:
         raise ValueError(reason)
     return backend
+
+
+def _warn_reference_fallback(reason: str) -> None:
+    """Warn once per process that ``"auto"`` runs the slow reference ops on CPU."""
+    global _FALLBACK_WARNED
+    if not _FALLBACK_WARNED:
+        _FALLBACK_WARNED = True
+        warnings.warn(f"sas_fast: backend='auto' uses the slow reference ops on CPU ({reason}); "
+                      "build the C++ kernels with `pip install --no-build-isolation -e .`",
+                      RuntimeWarning, stacklevel=4)
 
 
 def _impl(op: str, backend: str, device: torch.device):

@@ -1,0 +1,146 @@
+// The Extremal-Perturbation blur pyramid and the masking operator (SPEC 2.7).
+//
+// blur_pyramid: images B x C x H x W -> P, B x L x C x H x W, level l blurred by a separable
+// Gaussian of sigma = max_blur (1 - l / (L - 1)), taps -ceil(4 sigma)..ceil(4 sigma), zero padding.
+// pyramid_mask: (P, masks B x K x H x W) -> B x K x C x H x W,
+//   w = m (L - 1), k = min(floor(w), L - 2) (and >= 0), f = w - k, out = (1 - f) P[k] + f P[k + 1];
+//   backward: dL/dm = (L - 1) sum_c dL/dout_c (P[k + 1]_c - P[k]_c).
+// With both = true it makes the insertion and the deletion images in one pass:
+//   B x 2K x C x H x W, images of the masks m (k < K), then of 1 - m (k >= K).
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace sas_fast {
+namespace {
+
+// Lower pyramid level k = min(floor(w), L - 2) (and >= 0) and weight f = w - k of mask value m,
+// w = m (L - 1). Clamping before truncating gives the same k as flooring first, without a call
+// to floor or a branch (std::max(0, NaN) is 0).
+template <typename T>
+inline std::pair<int64_t, T> level_of(T m, int64_t L) {
+  const T w = m * static_cast<T>(L - 1);
+  const int64_t k = static_cast<int64_t>(std::min(static_cast<T>(L - 2), std::max(T(0), w)));
+  return {k, w - static_cast<T>(k)};
+}
+
+at::Tensor blur_pyramid(const at::Tensor& images, int64_t levels, double max_blur) {
+  TORCH_CHECK(images.device().is_cpu(), "images must be a CPU tensor");
+  TORCH_CHECK(images.dim() == 4, "images must be B x C x H x W, got ", images.sizes());
+  TORCH_CHECK(levels >= 2 && max_blur >= 0, "need levels >= 2 and max_blur >= 0");
+  const at::Tensor x = images.contiguous();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), n = H * W;
+  at::Tensor out = at::empty({B, levels, C, H, W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "blur_pyramid", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t l = 0; l < levels; ++l) {
+      const double sigma = max_blur * (1.0 - double(l) / double(levels - 1));
+      const int64_t radius = static_cast<int64_t>(std::ceil(4.0 * sigma));
+      const std::vector<double> taps = gaussian_taps(sigma, radius);
+      for (int64_t b = 0; b < B; ++b)
+        separable_correlate(src + b * C * n, n, dst + (b * levels + l) * C * n, n, C, H, W, H, W,
+                            taps, radius);
+    }
+  });
+  return out;
+}
+
+void check_pair(const at::Tensor& pyramid, const at::Tensor& masks) {
+  TORCH_CHECK(pyramid.device().is_cpu() && masks.device().is_cpu(), "inputs must be CPU tensors");
+  TORCH_CHECK(pyramid.dim() == 5 && masks.dim() == 4 && pyramid.size(0) == masks.size(0) &&
+                  pyramid.size(3) == masks.size(2) && pyramid.size(4) == masks.size(3),
+              "need pyramid B x L x C x H x W and masks B x K x H x W, got ", pyramid.sizes(),
+              " and ", masks.sizes());
+  TORCH_CHECK(pyramid.size(1) >= 2, "the pyramid needs at least 2 levels");
+  TORCH_CHECK(pyramid.scalar_type() == masks.scalar_type(), "pyramid and masks must have one dtype");
+}
+
+// Both kernels loop over tiles of kTile pixels, and over all masks within a tile, so that the
+// tile of the pyramid (L x C x kTile values) stays in cache while the K masks read it.
+constexpr int64_t kTile = 1024;
+
+at::Tensor pyramid_mask(const at::Tensor& pyramid, const at::Tensor& masks, bool both) {
+  check_pair(pyramid, masks);
+  const at::Tensor P = pyramid.contiguous(), M = masks.contiguous();
+  const int64_t B = P.size(0), L = P.size(1), C = P.size(2), K = M.size(1), n = M.size(2) * M.size(3);
+  const int64_t J = both ? 2 : 1, tiles = (n + kTile - 1) / kTile;  // J: insertion (and deletion)
+  at::Tensor out = at::empty({B, J * K, C, M.size(2), M.size(3)}, P.options());
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pyramid_mask", [&] {
+    const scalar_t *p = P.data_ptr<scalar_t>(), *m = M.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * tiles, grain_for(J * K * C * kTile), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(n, i0 + kTile);
+        const scalar_t* pb = p + b * L * C * n;
+        for (int64_t jk = 0; jk < J * K; ++jk) {
+          const int64_t j = jk / K, k = jk % K;
+          const scalar_t* mk = m + (b * K + k) * n;
+          scalar_t* ol = o + (b * J * K + jk) * C * n;
+          for (int64_t i = i0; i < i1; ++i) {
+            const auto [lev, f] = level_of(j == 0 ? mk[i] : scalar_t(1) - mk[i], L);
+            const scalar_t* lo = pb + lev * C * n + i;  // level lev, channel 0, pixel i
+            for (int64_t c = 0; c < C; ++c)
+              ol[c * n + i] = (scalar_t(1) - f) * lo[c * n] + f * lo[(C + c) * n];
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// dL/dmasks, B x K x H x W, from dL/dout B x (J K) x C x H x W (read in place when its pixels
+// are evenly strided: the gradient of a sum() arrives expanded, stride 0); deletion images count
+// with a minus sign.
+at::Tensor pyramid_mask_backward(const at::Tensor& grad, const at::Tensor& pyramid,
+                                 const at::Tensor& masks, bool both) {
+  check_pair(pyramid, masks);
+  const at::Tensor P = pyramid.contiguous(), M = masks.contiguous();
+  const int64_t B = P.size(0), L = P.size(1), C = P.size(2), K = M.size(1);
+  const int64_t H = M.size(2), W = M.size(3), n = H * W, J = both ? 2 : 1;
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({B, J * K, C, H, W}), "grad must be B x ", J,
+              "K x C x H x W, got ", grad.sizes());
+  at::Tensor G = grad.to(P.scalar_type());
+  if (G.stride(3) != W * G.stride(4)) G = G.contiguous();  // then pixel i is at i * stride(4)
+  const auto st = G.strides();
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  at::Tensor grad_m = at::zeros_like(M);
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pyramid_mask_backward", [&] {
+    const scalar_t *p = P.data_ptr<scalar_t>(), *m = M.data_ptr<scalar_t>(), *g = G.data_ptr<scalar_t>();
+    scalar_t* gm = grad_m.data_ptr<scalar_t>();
+    at::parallel_for(0, B * tiles, grain_for(J * K * C * kTile), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(n, i0 + kTile);
+        const scalar_t* pb = p + b * L * C * n;
+        for (int64_t jk = 0; jk < J * K; ++jk) {
+          const int64_t j = jk / K, k = jk % K;
+          const scalar_t* mk = m + (b * K + k) * n;
+          const scalar_t* gl = g + b * st[0] + jk * st[1];
+          const double sign = j == 0 ? double(L - 1) : -double(L - 1);
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t lev = level_of(j == 0 ? mk[i] : scalar_t(1) - mk[i], L).first;
+            const scalar_t* lo = pb + lev * C * n + i;  // level lev, channel 0, pixel i
+            const scalar_t* gi = gl + i * st[4];
+            double acc = 0.0;
+            for (int64_t c = 0; c < C; ++c)
+              acc += static_cast<double>(gi[c * st[2]]) *
+                     (static_cast<double>(lo[(C + c) * n]) - static_cast<double>(lo[c * n]));
+            gm[(b * K + k) * n + i] += static_cast<scalar_t>(sign * acc);
+          }
+        }
+      }
+    });
+  });
+  return grad_m;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sas_fast, CPU, m) {
+  m.impl("blur_pyramid", &blur_pyramid);
+  m.impl("pyramid_mask", &pyramid_mask);
+  m.impl("pyramid_mask_backward", &pyramid_mask_backward);
+}
+
+}  // namespace sas_fast

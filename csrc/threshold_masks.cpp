@@ -1,0 +1,277 @@
+// Masks of prescribed areas from a schedule (paper eq. 3-6), forward and implicit-gradient backward.
+//
+// For each image b and area a_k in (0, 1), the rule of reference.solve_thresholds: Levenberg-
+// Marquardt on the scalar residual
+//   r(t) = mean_i sig_i^2 - a_k,  sig_i = sigmoid(s (x_i - t)),  J = -2 s mean_i sig_i^2 (1 - sig_i),
+//   step dt = -J r / (J^2 + lam), taken only if it lowers |r| (then lam /= 10, else lam *= 10),
+// safeguarded by a bracket [lo, hi] of the root (initially min x - (logit(sqrt a) + 1) / s and
+// max x - (logit(sqrt a) - 1) / s) and bisection; start: the (1 - a_k) quantile of x or a warm
+// start, clamped into the bracket; stop: |r| < tol or max_iter steps.
+// Masks m_k = sigmoid(s (x - t_k)); a_k = 0 / 1 give exact 0 / 1 masks and t = +inf / -inf.
+// Backward (SPEC section 3), with G_ki = dL/dm_ki s m_ki (1 - m_ki) and w_ki = m_ki^2 (1 - m_ki):
+//   implicit: dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)]
+//   detached: dL/dx_i = sum_k G_ki.
+#include <torch/library.h>
+
+#include <optional>
+
+#include "common.h"
+
+namespace sas_fast {
+namespace {
+
+inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+// sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image. When |s| (max x - min x) < 1200
+// it is 1 / (1 + e_i exp(s (t - c))) with e_i = exp(-s (x_i - c)), c the mid-range: e_i is
+// computed once per pixel and shared by every area and iteration, so each evaluation costs a
+// division, not an exp (|s (x_i - c)| < 600: no overflow). Otherwise it is evaluated directly.
+template <typename T>
+class Sigmoids {
+ public:
+  Sigmoids(const T* x, int64_t n, double s, double lo, double hi)
+      : x_(x), n_(n), s_(s), c_(0.5 * (lo + hi)), sig_(n) {
+    if (std::abs(s) * (hi - lo) < 1200) {
+      e_.resize(n);
+      for (int64_t i = 0; i < n; ++i) e_[i] = std::exp(-s * (static_cast<double>(x[i]) - c_));
+    }
+  }
+
+  // The n values sig_i(t).
+  const std::vector<double>& at(double t) {
+    const double z = s_ * (t - c_);
+    if (!e_.empty() && std::abs(z) < 700) {
+      const double et = std::exp(z);
+      for (int64_t i = 0; i < n_; ++i) sig_[i] = 1.0 / (1.0 + e_[i] * et);
+    } else {
+      for (int64_t i = 0; i < n_; ++i) sig_[i] = sigmoid(s_ * (static_cast<double>(x_[i]) - t));
+    }
+    return sig_;
+  }
+
+ private:
+  const T* x_;
+  int64_t n_;
+  double s_, c_;
+  std::vector<double> e_, sig_;
+};
+
+// (r(t), J(t)) = (mean sig^2 - a, -2 s mean sig^2 (1 - sig)), accumulated in double (4 partial
+// sums each, so that the additions pipeline).
+template <typename T>
+std::pair<double, double> residual(Sigmoids<T>& sigmoids, double s, double t, double a) {
+  const std::vector<double>& sig = sigmoids.at(t);
+  const int64_t n = static_cast<int64_t>(sig.size());
+  double q[4] = {0, 0, 0, 0}, j[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const double sq = sig[i + u] * sig[i + u];
+      q[u] += sq;
+      j[u] += sq * (1.0 - sig[i + u]);
+    }
+  }
+  for (; i < n; ++i) {
+    q[0] += sig[i] * sig[i];
+    j[0] += sig[i] * sig[i] * (1.0 - sig[i]);
+  }
+  const double nd = static_cast<double>(n);
+  return {(q[0] + q[1] + q[2] + q[3]) / nd - a, -2.0 * s * (j[0] + j[1] + j[2] + j[3]) / nd};
+}
+
+// Root of r on one (b, k); lo / hi bracket it (r(lo) >= 0 >= r(hi)) and shrink with every
+// evaluated point; an LM step outside the inner 98 % of the bracket is replaced by bisection.
+template <typename T>
+double solve(Sigmoids<T>& sig, double s, double a, double t, double lo, double hi,
+             double tol, int64_t max_iter) {
+  const auto shrink = [&](double tp, double rp) {
+    if (rp > 0) lo = std::max(lo, tp);
+    if (rp <= 0) hi = std::min(hi, tp);
+  };
+  t = std::min(std::max(t, lo), hi);
+  auto [r, jac] = residual(sig, s, t, a);
+  shrink(t, r);
+  double lam = 1e-3;
+  for (int64_t it = 0; it < max_iter && std::abs(r) >= tol; ++it) {
+    const double t_lm = t - jac * r / (jac * jac + lam), margin = 0.01 * (hi - lo);
+    const double t_new = (t_lm > lo + margin && t_lm < hi - margin) ? t_lm : (lo + hi) / 2;
+    const auto [r_new, jac_new] = residual(sig, s, t_new, a);
+    shrink(t_new, r_new);
+    if (std::abs(r_new) < std::abs(r)) {
+      t = t_new, r = r_new, jac = jac_new, lam /= 10;
+    } else {
+      lam *= 10;
+    }
+    lam = std::clamp(lam, 1e-12, 1e12);
+  }
+  return t;
+}
+
+// Reorders v so that v[i] holds its sorted value for every i in the sorted index list
+// [first, last) (recursive nth_element on the middle index: O(n log K) for K indices).
+template <typename T>
+void select(std::vector<T>& v, int64_t lo, int64_t hi, const int64_t* first, const int64_t* last) {
+  if (first == last) return;
+  const int64_t* mid = first + (last - first) / 2;
+  std::nth_element(v.begin() + lo, v.begin() + *mid, v.begin() + hi);
+  select(v, lo, *mid, first, mid);
+  select(v, *mid + 1, hi, mid + 1, last);
+}
+
+// The q-quantiles of x for q = 1 - a_k, linear interpolation computed in T as torch.quantile
+// does: rank q (n - 1), values at floor(rank) and ceil(rank), lerp. NaN where a_k is not in (0, 1).
+template <typename T>
+std::vector<double> quantiles(const T* x, int64_t n, const T* areas, int64_t K) {
+  std::vector<T> rank(K);
+  std::vector<int64_t> idx;
+  for (int64_t k = 0; k < K; ++k) {
+    rank[k] = (T(1) - areas[k]) * static_cast<T>(n - 1);
+    if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
+    idx.push_back(static_cast<int64_t>(rank[k]));
+    idx.push_back(static_cast<int64_t>(std::ceil(rank[k])));
+  }
+  std::sort(idx.begin(), idx.end());
+  idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
+  std::vector<T> v(x, x + n);
+  select(v, 0, n, idx.data(), idx.data() + idx.size());
+  std::vector<double> q(K, NAN);
+  for (int64_t k = 0; k < K; ++k) {
+    if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
+    const int64_t lo = static_cast<int64_t>(rank[k]), hi = static_cast<int64_t>(std::ceil(rank[k]));
+    const T w = rank[k] - static_cast<T>(lo), a = v[lo], b = v[hi];
+    q[k] = w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+  }
+  return q;
+}
+
+template <typename T>
+void forward_kernel(const T* x, const T* areas, const T* init, int64_t B, int64_t K, int64_t n,
+                    double s, double tol, int64_t max_iter, T* masks, T* thresholds) {
+  std::vector<std::vector<double>> start(init ? 0 : B);  // quantile starts, B x K
+  std::vector<double> range(2 * B);                       // min and max of each image
+  at::parallel_for(0, B, grain_for(8 * n), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const auto [mn, mx] = std::minmax_element(x + b * n, x + (b + 1) * n);
+      range[2 * b] = *mn, range[2 * b + 1] = *mx;
+      if (!init) start[b] = quantiles(x + b * n, n, areas, K);
+    }
+  });
+  at::parallel_for(0, B * K, grain_for(8 * n), [&](int64_t l0, int64_t l1) {
+    int64_t b_sig = -1;  // the image whose Sigmoids are built (consecutive l share an image)
+    std::optional<Sigmoids<T>> sig;
+    for (int64_t l = l0; l < l1; ++l) {
+      const int64_t b = l / K, k = l % K;
+      const T a = areas[k];
+      T* m = masks + l * n;
+      if (!(a > T(0) && a < T(1))) {
+        thresholds[l] = a <= T(0) ? INFINITY : -INFINITY;
+        std::fill(m, m + n, a >= T(1) ? T(1) : T(0));
+        continue;
+      }
+      if (b != b_sig) sig.emplace(x + b * n, n, s, range[2 * b], range[2 * b + 1]), b_sig = b;
+      const double t0 = init ? static_cast<double>(init[l]) : start[b][k];
+      const double ad = a, logit = std::log(std::sqrt(ad) / (1.0 - std::sqrt(ad)));
+      const double lo = range[2 * b] - (logit + 1.0) / s, hi = range[2 * b + 1] - (logit - 1.0) / s;
+      const double t = solve(*sig, s, ad, t0, lo, hi, tol, max_iter);
+      thresholds[l] = static_cast<T>(t);
+      const std::vector<double>& v = sig->at(t);
+      for (int64_t i = 0; i < n; ++i) m[i] = static_cast<T>(v[i]);
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* grad, const T* masks, const T* thresholds, int64_t B, int64_t K,
+                     int64_t n, double s, bool implicit_grad, T* grad_x) {
+  std::vector<double> coef(B * K, 0.0);  // (sum_j G_kj) / (sum_j w_kj + eps) per (b, k)
+  if (implicit_grad) {
+    at::parallel_for(0, B * K, grain_for(n), [&](int64_t l0, int64_t l1) {
+      for (int64_t l = l0; l < l1; ++l) {
+        if (!std::isfinite(static_cast<double>(thresholds[l]))) continue;
+        double sg = 0.0, sw = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double m = masks[l * n + i], dm = m * (1.0 - m);
+          sg += static_cast<double>(grad[l * n + i]) * s * dm;
+          sw += m * dm;
+        }
+        coef[l] = sg / (sw + 1e-12);
+      }
+    });
+  }
+  constexpr int64_t kChunk = 1024;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  at::parallel_for(0, B * chunks, grain_for(K * kChunk), [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc(kChunk);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b = c / chunks, i0 = (c % chunks) * kChunk, len = std::min(kChunk, n - i0);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t l = b * K + k;
+        if (!std::isfinite(static_cast<double>(thresholds[l]))) continue;
+        const T* m = masks + l * n + i0;
+        const T* g = grad + l * n + i0;
+        for (int64_t i = 0; i < len; ++i) {
+          const double mi = m[i], dm = mi * (1.0 - mi);
+          acc[i] += static_cast<double>(g[i]) * s * dm - coef[l] * mi * dm;
+        }
+      }
+      for (int64_t i = 0; i < len; ++i) grad_x[b * n + i0 + i] = static_cast<T>(acc[i]);
+    }
+  });
+}
+
+// schedule B x 1 x H x W, areas [K] -> (masks B x K x H x W, thresholds B x K). implicit_grad is
+// only read by the backward (it is an input so that autograd sees it).
+std::tuple<at::Tensor, at::Tensor> threshold_masks(const at::Tensor& schedule,
+                                                   const at::Tensor& areas, double sharpness,
+                                                   const std::optional<at::Tensor>& thresholds_init,
+                                                   bool implicit_grad, double tol, int64_t max_iter) {
+  TORCH_CHECK(schedule.device().is_cpu(), "schedule must be a CPU tensor");
+  TORCH_CHECK(schedule.dim() == 4 && schedule.size(1) == 1, "schedule must be B x 1 x H x W");
+  TORCH_CHECK(areas.dim() == 1 && areas.numel() >= 1, "areas must be a non-empty 1-D tensor");
+  const int64_t B = schedule.size(0), K = areas.numel(), H = schedule.size(2), W = schedule.size(3);
+  const at::Tensor x = schedule.contiguous();
+  const at::Tensor a = areas.to(x.scalar_type()).contiguous();
+  at::Tensor init;
+  if (thresholds_init.has_value()) {
+    TORCH_CHECK(thresholds_init->sizes() == at::IntArrayRef({B, K}), "thresholds_init must be B x K");
+    init = thresholds_init->to(x.scalar_type()).contiguous();
+  }
+  at::Tensor masks = at::empty({B, K, H, W}, x.options());
+  at::Tensor thresholds = at::empty({B, K}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "threshold_masks", [&] {
+    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
+                             init.defined() ? init.data_ptr<scalar_t>() : nullptr, B, K, H * W,
+                             sharpness, tol, max_iter, masks.data_ptr<scalar_t>(),
+                             thresholds.data_ptr<scalar_t>());
+  });
+  return {masks, thresholds};
+}
+
+// Gradient w.r.t. the schedule, B x 1 x H x W, from dL/dmasks B x K x H x W.
+at::Tensor threshold_masks_backward(const at::Tensor& grad, const at::Tensor& masks,
+                                    const at::Tensor& thresholds, double sharpness,
+                                    bool implicit_grad) {
+  TORCH_CHECK(grad.sizes() == masks.sizes() && masks.dim() == 4, "grad and masks must be B x K x H x W");
+  TORCH_CHECK(thresholds.sizes() == masks.sizes().slice(0, 2), "thresholds must be B x K");
+  const int64_t B = masks.size(0), K = masks.size(1), H = masks.size(2), W = masks.size(3);
+  const at::Tensor m = masks.contiguous();
+  const at::Tensor g = grad.to(m.scalar_type()).contiguous();
+  const at::Tensor t = thresholds.to(m.scalar_type()).contiguous();
+  at::Tensor grad_x = at::empty({B, 1, H, W}, m.options());
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "threshold_masks_backward", [&] {
+    backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                              t.data_ptr<scalar_t>(), B, K, H * W, sharpness, implicit_grad,
+                              grad_x.data_ptr<scalar_t>());
+  });
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sas_fast, CPU, m) {
+  m.impl("threshold_masks", &threshold_masks);
+  m.impl("threshold_masks_backward", &threshold_masks_backward);
+}
+
+}  // namespace sas_fast
