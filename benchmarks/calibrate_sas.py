@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--grid", action="append", default=[], help="NAME=v1,v2,... (repeatable)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision during SaS")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("results/calibration.md"))
@@ -57,12 +58,13 @@ def main(argv=None) -> int:
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
     images, labels = images.to(device), labels.to(device)
     rows = [f"### Calibration, {args.dataset} / {args.arch}: N = {len(images)} images (index = 1 mod 10), "
-            f"{args.iterations} iterations, device {device.type}", "",
+            f"{args.iterations} iterations, SaS model precision {args.precision}, device {device.type}", "",
             "| setting | Ins | Del | Overall ± se | s/image |", "| --- | --- | --- | --- | --- |"]
     for name, value in [("default", None)] + parse_grid(args.grid):
         options = {} if value is None else {name: value}
         start = time.perf_counter()
-        sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=False, **options)
+        sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=False,
+                                 precision=args.precision, **options)
         seconds = (time.perf_counter() - start) / len(images)
         res = deletion_game(model, images, sal, labels)
         label = "defaults" if value is None else f"{name} = {value}"

@@ -17,8 +17,10 @@ import torch
 
 from .dataset_run import add_cli_arguments as add_dataset_commands
 
-#: iterations of ``explain --demo``: about two minutes on a 2-core CPU (README, RESULTS.md).
-DEMO_ITERATIONS = 40
+#: ``explain --demo``: 80 iterations with a bf16 model, about two minutes on a 2-core CPU
+#: (benchmarks/RESULTS.md).
+DEMO_ITERATIONS = 80
+DEMO_PRECISION = "bf16"
 DEMO_PHOTO = "chelsea"
 
 
@@ -74,6 +76,7 @@ def explain(args) -> int:
     from .viz import overlay, save_png
 
     names, photos, model, images, probs, iterations = _inputs(args)
+    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
     target = args.target if args.target is not None else probs.argmax(-1)
     layer = args.layer
     if layer is not None and layer not in dict(model.named_modules()):
@@ -81,10 +84,10 @@ def explain(args) -> int:
                          f"{[n for n, _ in model.named_modules() if n][:12]}")
     what = f"layer {layer}" if layer else "class"
     print(f"SaS ({what} saliency): {len(photos)} image(s), {iterations} iterations, "
-          f"backend {args.backend}")
+          f"backend {args.backend}, model precision {precision}")
     start = time.perf_counter()
     saliency = attribute(model, images, target, iterations=iterations, layer=layer,
-                         backend=args.backend, progress=True)
+                         backend=args.backend, precision=precision, progress=True)
     seconds = time.perf_counter() - start
     targets = torch.as_tensor(target).expand(len(photos))
     for i, (name, path) in enumerate(zip(names, _out_paths(names, args.out))):
@@ -101,10 +104,11 @@ def compare(args) -> int:
     from .viz import attribution_grid
 
     names, photos, model, images, probs, iterations = _inputs(args)
+    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
     target = args.target if args.target is not None else probs.argmax(-1)
     methods = {
         "SaS": lambda: attribute(model, images, target, iterations=iterations, backend=args.backend,
-                                 progress=True),
+                                 precision=precision, progress=True),
         "GradCAM": lambda: baselines.grad_cam(model, images, target),
         "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
         "Guided BP": lambda: baselines.guided_backprop(model, images, target),
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default 200; {DEMO_ITERATIONS} with --demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
     p.add_argument("--out", default=None, help="output PNG (one image) or folder")
     p.set_defaults(func=explain)
     p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP for photos (figure 5)")
@@ -146,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None,
                    help=f"SaS steps (default 200; {DEMO_ITERATIONS} with --demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
     p.add_argument("--out", default=None, help="output PNG (default compare.png)")
     p.set_defaults(func=compare)
     add_dataset_commands(sub)
