@@ -52,7 +52,8 @@ def _model(name: str):
 
 
 def _inputs(args):
-    """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations) for --demo or IMAGE..."""
+    """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations, precision)
+    for --demo or IMAGE..."""
     if args.demo:
         import skimage.data
 
@@ -67,7 +68,8 @@ def _inputs(args):
     images = torch.cat([preprocess(p)[0] for p in photos])
     with torch.no_grad():
         probs = model(images).softmax(-1)
-    return names, photos, model, images, probs, iterations
+    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
+    return names, photos, model, images, probs, iterations, precision
 
 
 def explain(args) -> int:
@@ -75,8 +77,7 @@ def explain(args) -> int:
     from . import attribute
     from .viz import overlay, save_png
 
-    names, photos, model, images, probs, iterations = _inputs(args)
-    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
+    names, photos, model, images, probs, iterations, precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     layer = args.layer
     if layer is not None and layer not in dict(model.named_modules()):
@@ -103,8 +104,7 @@ def compare(args) -> int:
     from . import attribute, baselines
     from .viz import attribution_grid
 
-    names, photos, model, images, probs, iterations = _inputs(args)
-    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
+    names, photos, model, images, probs, iterations, precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     methods = {
         "SaS": lambda: attribute(model, images, target, iterations=iterations, backend=args.backend,
@@ -128,33 +128,29 @@ def compare(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sas-fast", description="Saliency as a Schedule")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("explain", help="heat-map overlays for photos (EfficientNet-Lite0, ImageNet)")
-    p.add_argument("images", nargs="*", help="image files (any format PIL reads)")
-    p.add_argument("--demo", action="store_true", help=f"explain the bundled photo '{DEMO_PHOTO}'")
-    p.add_argument("--model", default="efficientnet-lite0")
-    p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
-    p.add_argument("--layer", default=None, help="module name: feature saliency of that layer")
-    p.add_argument("--iterations", type=int, default=None,
-                   help=f"optimisation steps (default 200; {DEMO_ITERATIONS} with --demo)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                   help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
-    p.add_argument("--out", default=None, help="output PNG (one image) or folder")
-    p.set_defaults(func=explain)
-    p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP for photos (figure 5)")
+def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments ``explain`` and ``compare`` share."""
     p.add_argument("images", nargs="*", help="image files (any format PIL reads)")
     p.add_argument("--demo", action="store_true", help=f"use the bundled photo '{DEMO_PHOTO}'")
     p.add_argument("--model", default="efficientnet-lite0")
     p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
     p.add_argument("--iterations", type=int, default=None,
-                   help=f"SaS steps (default 200; {DEMO_ITERATIONS} with --demo)")
+                   help=f"optimisation steps (default 200; {DEMO_ITERATIONS} with --demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
                    help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
-    p.add_argument("--out", default=None, help="output PNG (default compare.png)")
+    p.add_argument("--out", default=None, help=out_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sas-fast", description="Saliency as a Schedule")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("explain", help="heat-map overlays for photos (EfficientNet-Lite0, ImageNet)")
+    _photo_arguments(p, "output PNG (one image) or folder")
+    p.add_argument("--layer", default=None, help="module name: feature saliency of that layer")
+    p.set_defaults(func=explain)
+    p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP for photos (figure 5)")
+    _photo_arguments(p, "output PNG (default compare.png)")
     p.set_defaults(func=compare)
     add_dataset_commands(sub)
     return parser

@@ -2,7 +2,6 @@
 micro-batching, traces, bad input and the model left exactly as found."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import sas_fast
@@ -120,7 +119,8 @@ def test_non_square_float64_and_additional_forward_args():
             return self.conv(x).mean(dim=(2, 3)) * scale.view(-1, 1)
 
     images = torch.randn(2, 3, 20, 33, dtype=torch.float64)
-    sal = attribute(Scaled(), images, [0, 3], iterations=3, additional_forward_args=(torch.tensor([1.0, 2.0]).double(),))
+    scale = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    sal = attribute(Scaled(), images, [0, 3], iterations=3, additional_forward_args=(scale,))
     assert sal.shape == (2, 20, 33) and sal.dtype == torch.float32
 
 

@@ -186,8 +186,8 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) 
     padding: level 0 is the most blurred, level L - 1 the image itself.
     """
     out = []
-    for l in range(levels):
-        sigma = max_blur * (1 - l / (levels - 1))
+    for level in range(levels):
+        sigma = max_blur * (1 - level / (levels - 1))
         radius = math.ceil(4 * sigma)
         taps = gaussian_taps(sigma, radius, images.dtype, images.device)
         out.append(_separable_conv(images, taps, padding=radius))
