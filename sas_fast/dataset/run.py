@@ -327,6 +327,8 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
         run = _throughput(workers, batch_size, images, skipped, wall, cpu)
         if workers.rank == 0:
             print(_report(run, _close_manifest(out, spans, run), out), flush=True)
+        if workers.world > 1:
+            dist.barrier()          # no process leaves before the manifest is final
         return run
     finally:
         if workers.owns_group:
