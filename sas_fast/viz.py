@@ -37,14 +37,20 @@ def save_png(path, rgb: np.ndarray) -> None:
     matplotlib.image.imsave(str(path), rgb)
 
 
-def plot_game_curves(results: dict, path, title: str = "") -> None:
-    """Figure-4 style: mean insertion and deletion curves (target probability vs fraction of
-    pixels kept / removed) of each method; ``results`` maps a name to a ``GameResult``."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_game_curves(results: dict, path, title: str = "") -> None:
+    """Figure-4 style: mean insertion and deletion curves (target probability vs fraction of
+    pixels kept / removed) of each method; ``results`` maps a name to a ``GameResult``."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for name, res in results.items():
         r = res.ratios.numpy()
@@ -66,11 +72,7 @@ def plot_game_curves(results: dict, path, title: str = "") -> None:
 def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:
     """Figure-3 style: the score of every mask (x: mask area) at the recorded iterations,
     one panel per loss mode, from a :class:`sas_fast.SaSTrace`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     modes = list(trace.scores)
     fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 3.6), squeeze=False)
     cmap = plt.get_cmap("viridis")
@@ -92,11 +94,7 @@ def attribution_grid(images: list, rows: list, columns: list, path, col_titles=N
                      row_titles=None) -> None:
     """A grid of panels: each row an image (``H x W x 3`` in [0, 1]) shown first, then its
     saliency maps (``rows[i][j]``, ``h x w``) as overlays; ``columns`` names the maps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n_cols = 1 + len(columns)
     fig, axes = plt.subplots(len(images), n_cols, figsize=(2.2 * n_cols, 2.2 * len(images)),
                              squeeze=False)
