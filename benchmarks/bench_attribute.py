@@ -28,7 +28,7 @@ from torch import nn
 
 from sas_fast import ops
 from sas_fast.config import SaSConfig
-from sas_fast.models.cifar import resnet8
+from sas_fast.models.cifar import resnet8, vgg16_features
 from sas_fast.ops import reference
 from sas_fast.schedule import Objective, sas_step
 
@@ -36,15 +36,8 @@ RUN_ITERATIONS = {32: 200, 224: 800}
 
 
 def vgg16(classes: int = 1000) -> nn.Sequential:
-    """ImageNet VGG16 (13 conv 3x3 + ReLU, 5 max pools, 4096-4096-classes head), 224 x 224 input."""
-    layers, c = [], 3
-    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
-            c = v
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(512 * 49, 4096),
+    """ImageNet VGG16 (the VGG-16 features, 4096-4096-classes head), 224 x 224 input."""
+    return nn.Sequential(*vgg16_features(), nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(512 * 49, 4096),
                          nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
                          nn.Linear(4096, classes))
 

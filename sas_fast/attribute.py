@@ -8,6 +8,7 @@ min-max normalised schedule (paper eq. 8).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -134,7 +135,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     if images.dim() == 4:
         config = config.resolved(*images.shape[-2:])
     _check_images(images, config.window or 3)
-    ops.resolve_backend(config.backend, images.device)
+    config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device))
     layer = _resolve_layer(model, layer)
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)

@@ -47,6 +47,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path, title: str = "") -> None:
+    """Title, tight layout, write the PNG, free the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_game_curves(results: dict, path, title: str = "") -> None:
     """Figure-4 style: mean insertion and deletion curves (target probability vs fraction of
     pixels kept / removed) of each method; ``results`` maps a name to a ``GameResult``."""
@@ -63,10 +72,7 @@ def plot_game_curves(results: dict, path, title: str = "") -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:
@@ -84,10 +90,7 @@ def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:
         ax.set_ylabel("score (logit)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def attribution_grid(images: list, rows: list, columns: list, path, col_titles=None,
@@ -109,6 +112,4 @@ def attribution_grid(images: list, rows: list, columns: list, path, col_titles=N
                 ax.set_title((["image"] + list(col_titles or columns))[j], fontsize=9)
         if row_titles:
             axes[i, 0].set_ylabel(row_titles[i], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)

@@ -59,9 +59,8 @@ def resnet8(num_classes: int = 10) -> nn.Sequential:
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(512, num_classes, bias=False), Scale(0.125))
 
 
-def vgg16(num_classes: int = 10) -> nn.Sequential:
-    """CIFAR VGG-16 without batch norm: 13 conv 3x3 + ReLU, 5 max pools, classifier
-    512-512-classes with dropout; its last conv is ``model[28]`` (ReLU ``model[29]``)."""
+def vgg16_features() -> list:
+    """The 31 feature layers of VGG-16: 13 conv 3x3 (padding 1) + ReLU, 5 max pools."""
     layers, cin = [], 3
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
         if v == "M":
@@ -69,9 +68,14 @@ def vgg16(num_classes: int = 10) -> nn.Sequential:
         else:
             layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
             cin = v
-    layers += [nn.Flatten(), nn.Dropout(), nn.Linear(512, 512), nn.ReLU(), nn.Dropout(),
-               nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
+    return layers
+
+
+def vgg16(num_classes: int = 10) -> nn.Sequential:
+    """CIFAR VGG-16 without batch norm: :func:`vgg16_features`, classifier 512-512-classes with
+    dropout; its last conv is ``model[28]`` (ReLU ``model[29]``)."""
+    return nn.Sequential(*vgg16_features(), nn.Flatten(), nn.Dropout(), nn.Linear(512, 512), nn.ReLU(),
+                         nn.Dropout(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
 
 
 def load_paper_model(arch: str, dataset: str, models_dir) -> nn.Sequential:
