@@ -6,7 +6,9 @@ and batch size B it measures, in ms per iteration:
 - ``cnn``: the model's forward + input gradient on the ``2 (K - 2) B`` masked images of one step
   (insertion and deletion, inner masks), the same micro-batches: the floor for any SaS step;
 - ``reference``: :func:`sas_fast.schedule.sas_step` with ``backend="reference"`` (eager PyTorch);
-- ``fused``: ``sas_step`` with ``backend="triton"`` on CUDA, ``"cpp"`` on a CPU (if built).
+- ``fused``: ``sas_step`` with ``backend="triton"`` on CUDA, ``"cpp"`` on a CPU (if built);
+- ``graph`` (CUDA only): a whole iteration (``sas_step`` + Adam) replayed from a CUDA graph by
+  :class:`sas_fast.iteration.IterationRunner` (``cuda_graph=True``).
 
 It prints one table row per (model, B) with the ratios to ``cnn`` and the seconds per image of a
 full run (200 iterations at 32 px, 800 at 224 px: paper section 4)::
@@ -28,6 +30,7 @@ from torch import nn
 
 from sas_fast import ops
 from sas_fast.config import SaSConfig
+from sas_fast.iteration import WARMUP, IterationRunner
 from sas_fast.models.cifar import resnet8, vgg16_features
 from sas_fast.ops import reference
 from sas_fast.schedule import Objective, sas_step
@@ -115,13 +118,22 @@ def bench(model_name: str, size: int, b: int, precision: str, args, device: torc
             state["thresholds"] = result.thresholds
 
         row[label] = _time_ms(step, device, args.warmup, args.iters)
+
+    row["graph"] = None
+    if fused == "triton" and device.type == "cuda":
+        config = dataclasses.replace(base, backend="triton", cuda_graph=True)
+        premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, device=device, requires_grad=True)
+        runner = IterationRunner(premask, pyramid, objective, config)
+        for _ in range(WARMUP + 1):     # eager warm-up, then the capture
+            runner()
+        row["graph"] = _time_ms(runner, device, args.warmup, args.iters)
     return row
 
 
 def _table(rows: list) -> str:
     cols = [("model", 8), ("px", 4), ("B", 4), ("prec", 4), ("images", 6), ("cnn ms", 9), ("ref ms", 9),
-            ("fused ms", 9), ("ref/cnn", 8), ("fused/cnn", 9), ("ref/fused", 9), ("s/img ref", 9),
-            ("s/img fused", 11), ("fused", 6)]
+            ("fused ms", 9), ("graph ms", 9), ("ref/cnn", 8), ("fused/cnn", 9), ("graph/cnn", 9),
+            ("ref/fused", 9), ("s/img ref", 9), ("s/img fused", 11), ("s/img graph", 11), ("fused", 6)]
     head = " ".join(f"{name:>{w}}" for name, w in cols)
     lines = [head, "-" * len(head)]
 
@@ -133,10 +145,11 @@ def _table(rows: list) -> str:
         ratio = lambda a, c: None if a is None or c is None else a / c  # noqa: E731
         per_image = lambda ms: None if ms is None else ms * iters / 1e3 / r["B"]  # noqa: E731
         cells = [r["model"], r["px"], r["B"], r["precision"], r["images"], num(r["cnn"], 1),
-                 num(r["reference"], 1), num(r["fused"], 1), num(ratio(r["reference"], r["cnn"]), 2),
-                 num(ratio(r["fused"], r["cnn"]), 2), num(ratio(r["reference"], r["fused"]), 2),
+                 num(r["reference"], 1), num(r["fused"], 1), num(r["graph"], 2),
+                 num(ratio(r["reference"], r["cnn"]), 2), num(ratio(r["fused"], r["cnn"]), 2),
+                 num(ratio(r["graph"], r["cnn"]), 2), num(ratio(r["reference"], r["fused"]), 2),
                  num(per_image(r["reference"]), 3), num(per_image(r["fused"]), 3),
-                 r["fused_backend"] or "-"]
+                 num(per_image(r["graph"]), 3), r["fused_backend"] or "-"]
         lines.append(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, cols)))
     lines.append(f"s/img: seconds per image of a full run ({RUN_ITERATIONS[32]} iterations at 32 px, "
                  f"{RUN_ITERATIONS[224]} at 224 px), from the per-iteration time.")

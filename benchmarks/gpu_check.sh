@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (torch + triton + pytest already there; installs nothing):
-#   1. the compiled Triton kernels against the reference: tests/ops/test_triton.py, CUDA cases;
+#   1. the compiled Triton kernels against the reference (tests/ops/test_triton.py, CUDA cases) and
+#      whole runs: CUDA-graph iterations vs eager, Triton vs reference (tests/test_cuda_attribute.py);
 #   2. the op benchmarks, reference vs triton: benchmarks/test_ops_bench.py (torch.compile left
 #      out: it compiles for minutes; SAS_GPU_COMPILED=1 includes it);
-#   3. benchmarks/bench_attribute.py: CNN-only vs reference SaS step vs fused SaS step,
+#   3. benchmarks/bench_attribute.py: CNN-only vs reference SaS step vs fused SaS step vs the whole
+#      iteration replayed from a CUDA graph,
 #      ResNet8 at 32 px (B = 1 16 128, fp32) and VGG16 at 224 px (B = 1 16, fp32 and bf16 models;
 #      SAS_GPU_FULL=1 adds B = 128);
 # then prints the short tables last. Expected 3-5 minutes on an H100; the timeouts add up to 9 minutes
@@ -21,7 +23,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 torch.cuda.get_device_name(0))" || exit 1
 
 echo "== 1. kernels vs reference (compiled) =="
-timeout 180 $PY -m pytest -q -p no:cacheprovider tests/ops/test_triton.py -k "cuda" \
+timeout 180 $PY -m pytest -q -p no:cacheprovider tests/ops/test_triton.py tests/test_cuda_attribute.py -k "cuda" \
     -o addopts="" -rfE 2>&1 | tee "$OUT_DIR/test_triton.log"
 tests_rc=${PIPESTATUS[0]}
 echo "tests exit code $tests_rc after $((SECONDS - start)) s"

@@ -2,8 +2,8 @@
 
 Checks the caller's input, guards the caller's model (eval mode, frozen parameters, all
 restored afterwards, also on error), and runs the optimisation loop of SPEC section 4:
-Adam on the pre-mask, one :func:`sas_fast.schedule.sas_step` per iteration, output the
-min-max normalised schedule (paper eq. 8).
+Adam on the pre-mask, one :class:`sas_fast.iteration.IterationRunner` call per iteration,
+output the min-max normalised schedule (paper eq. 8).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .config import SaSConfig, make_config
-from .schedule import Objective, mask_areas, mode_names, sas_step
+from .iteration import IterationRunner
+from .schedule import Objective, mask_areas, mode_names
 
 
 @dataclass
@@ -150,26 +151,25 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
             logits = model(images, *args)
         target = _resolve_target(target, logits)
         objective = Objective(model, images, target, layer, args)
-        pyramid = ops.blur_pyramid(images, config.levels, config.max_blur, backend=config.backend)
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32   # of the masks
+        pyramid = ops.blur_pyramid(images.to(dtype), config.levels, config.max_blur, backend=config.backend)
 
         r = config.window // 2
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(1, 1, h + 2 * r, w + 2 * r, generator=generator)
-        premask = noise.expand(b, -1, -1, -1).to(images.device).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([premask], lr=config.lr)
+        premask = noise.expand(b, -1, -1, -1).to(images.device, dtype).clone().requires_grad_(True)
+        iteration = IterationRunner(premask, pyramid, objective, config)
 
         modes = mode_names(config.mode)
         points = set(_trace_points(config)) if return_trace else set()
         ends = _end_scores(objective, pyramid, modes) if return_trace else None
-        recorded, losses, thresholds = {m: [] for m in modes}, [], None
+        recorded = {m: [] for m in modes}
+        losses = torch.empty(config.iterations, b, device=images.device)
         bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                    disable=None if progress is None else not progress)
         for it in bar:
-            optimizer.zero_grad(set_to_none=True)
-            step = sas_step(premask, pyramid, objective, config, thresholds)
-            optimizer.step()
-            thresholds = step.thresholds
-            losses.append(step.loss)
+            step = iteration()
+            losses[it].copy_(step.loss)
             if it in points:
                 for m in modes:
                     recorded[m].append(torch.cat([ends[m][:, :1], step.scores[m], ends[m][:, 1:]], 1))
@@ -184,8 +184,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     if not return_trace:
         return saliency
     trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(points),
-                     scores={m: torch.stack(v) for m, v in recorded.items()},
-                     loss=torch.stack(losses))
+                     scores={m: torch.stack(v) for m, v in recorded.items()}, loss=losses)
     return saliency, trace
 
 
@@ -198,7 +197,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
     Args:
         model: classifier ``B x C x H x W -> B x classes`` (logits); used in eval mode, left as found.
         images: ``B x C x H x W`` floating point, normalised as the model expects; any H, W
-            at least the smoothing window.
+            at least the smoothing window. The schedule and masks are computed in float64 for
+            float64 images, in float32 otherwise.
         target: class per image: int, list, or LongTensor[B]; None = the model's top-1 class.
         mode: loss of paper eq. 7: ``"insertion"``, ``"deletion"`` or ``"both"``.
         num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
@@ -215,7 +215,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         additional_forward_args: extra positional arguments of ``model``; tensors whose first
             dimension is B are indexed per image.
         **options: any other :class:`sas_fast.config.SaSConfig` field (``lr``, ``window``,
-            ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ...).
+            ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ``precision``,
+            ``cuda_graph``, ...).
 
     Returns:
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,

@@ -35,6 +35,7 @@ class SaSConfig:
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
     precision: str = "fp32"       # model precision: fp32 | bf16 (autocast + channels-last; masks stay fp32)
+    cuda_graph: bool = False      # replay each iteration from one CUDA graph (CUDA + triton backend only)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 
     def resolved(self, height: int, width: int) -> "SaSConfig":

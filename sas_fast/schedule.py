@@ -46,7 +46,7 @@ class Objective:
                  layer: nn.Module | None = None, forward_args: tuple = ()):
         self.model, self.target, self.layer = model, target, layer
         self.forward_args = forward_args
-        self.batch = images.shape[0]
+        self.batch, self.input_dtype = images.shape[0], images.dtype
         self.sign = _FEATURE_SIGN if layer is not None else _CLASS_SIGN
         self.reference = None
         if layer is not None:
@@ -79,7 +79,8 @@ class Objective:
         return captured[0]
 
     def scores(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """One score per masked image, ``[N]``."""
+        """One score per masked image, ``[N]``; ``x`` is cast to the explained images' dtype."""
+        x = x.to(self.input_dtype)
         if self.layer is None:
             logits = self.model(x, *self._args(rows))
             return logits.gather(1, self.target[rows].unsqueeze(1)).squeeze(1)
@@ -119,11 +120,12 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     images = torch.cat([
         ops.pyramid_mask(pyramid, masks if mode == "insertion" else 1 - masks, backend=backend)
         for mode in modes], dim=1)                                    # B x (M K') x C x H x W
-    images = images.flatten(0, 1).to(pyramid.dtype)
+    images = images.flatten(0, 1)
+    # no host <-> device traffic from here on, so that a CUDA graph can capture the step
     per_image = images.shape[0] // b
-    rows = torch.arange(b, device=premask.device).repeat_interleave(per_image)
-    sign = torch.tensor([objective.sign[m] for m in modes], device=premask.device, dtype=torch.float32)
-    sign = sign.repeat_interleave(areas.numel()).repeat(b)           # [B M K']
+    rows = torch.arange(b, device=premask.device).unsqueeze(1).expand(b, per_image).flatten()
+    sign = torch.cat([torch.full((areas.numel(),), objective.sign[m], device=premask.device)
+                      for m in modes]).repeat(b)                       # [B M K']
 
     leaf = images.detach().requires_grad_(True)
     chunk = config.max_batch or leaf.shape[0]
@@ -132,7 +134,8 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     for start in range(0, leaf.shape[0], chunk):
         part = slice(start, start + chunk)
         x = leaf[part].contiguous(memory_format=torch.channels_last) if bf16 else leaf[part]
-        with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=bf16,
+                            cache_enabled=not config.cuda_graph):
             s = objective.scores(x, rows[part]).float()
         (sign[part] * s).sum().backward()
         scores.append(s.detach())

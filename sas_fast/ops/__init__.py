@@ -115,7 +115,8 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     if schedule.shape[1] != 1:
         raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
-    if areas.numel() < 1 or bool(((areas < 0) | (areas > 1)).any()):
+    capturing = areas.is_cuda and torch.cuda.is_current_stream_capturing()  # no sync in a graph
+    if areas.numel() < 1 or (not capturing and bool(((areas < 0) | (areas > 1)).any())):
         raise ValueError(f"areas must be a non-empty list of values in [0, 1], got {areas.tolist()}")
     if thresholds_init is not None and tuple(thresholds_init.shape) != (schedule.shape[0], areas.numel()):
         raise ValueError(f"thresholds_init must be B x K = {(schedule.shape[0], areas.numel())}, "
