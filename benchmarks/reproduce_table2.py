@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import sas_fast
 from sas_fast import baselines
-from sas_fast.evaluate import deletion_game
+from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 from sas_fast.viz import plot_game_curves, plot_score_profiles
 
@@ -56,14 +56,23 @@ def run_method(name, fn, images, labels, batch, device):
     return torch.cat(maps)
 
 
+def paired_gap(res, sas) -> str:
+    """Overall of ``res`` minus SaS's on the same images: mean ± standard error over images."""
+    if sas is None or res is sas:
+        return "-"
+    gap = (res.insertion.mean(1) - res.deletion.mean(1)) - (sas.insertion.mean(1) - sas.deletion.mean(1))
+    return f"{float(gap.mean()):+.3f} ± {float(gap.double().std() / len(gap) ** 0.5):.3f}"
+
+
 def markdown(results: dict, paper: dict, header: str) -> str:
-    lines = [header, "", "| method | Ins ↑ | Del ↓ | Overall ↑ | paper Ins / Del / Overall |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [header, "", "| method | Ins ↑ | Del ↓ | Overall ↑ | Overall − SaS (paired) | paper Ins / Del / Overall |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, res in results.items():
         p = paper.get(name)
         ref = " / ".join(f"{v:.3f}" for v in p) if p else "-"
         lines.append(f"| {name} | {res.ins:.3f} ± {res.ins_se:.3f} | {res.dele:.3f} ± {res.dele_se:.3f} "
-                     f"| {res.overall:.3f} ± {res.overall_se:.3f} | {ref} |")
+                     f"| {res.overall:.3f} ± {res.overall_se:.3f} | {paired_gap(res, results.get('SaS'))} "
+                     f"| {ref} |")
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +89,11 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--shared", type=Path, default=SHARED, help="folder with data/ and models/")
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the table and curves from the .json of an earlier run (no model runs)")
     args = ap.parse_args(argv)
+    if args.render_only:
+        return render(args.out, f"{args.dataset}_{args.arch}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -112,17 +125,35 @@ def main(argv=None) -> int:
     header = (f"### {args.dataset} / {args.arch}: N = {len(images)} test images, SaS "
               f"{args.iterations} iterations, device {device.type}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    table = markdown(results, PAPER[(args.dataset, args.arch)], header)
-    (args.out / f"table2_{tag}.md").write_text(table)
     (args.out / f"table2_{tag}.json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "indices": indices.tolist(),
+        "args": {k: str(v) for k, v in vars(args).items()}, "header": header, "indices": indices.tolist(),
         "seconds_per_image": seconds,
         "results": {k: {"ins": r.ins, "dele": r.dele, "overall": r.overall, "overall_se": r.overall_se,
-                        "insertion": r.insertion.tolist(), "deletion": r.deletion.tolist()}
+                        "ratios": r.ratios.tolist(), "insertion": r.insertion.tolist(),
+                        "deletion": r.deletion.tolist()}
                     for k, r in results.items()}}, indent=1))
-    plot_game_curves(results, args.out / f"curves_{tag}.png", f"{args.dataset} / {args.arch}, N = {len(images)}")
     if traces:
         plot_score_profiles(traces[0], args.out / f"profiles_{tag}.png", title=f"SaS score profiles, {tag}")
+    return render(args.out, tag)
+
+
+def render(out: Path, tag: str) -> int:
+    """Write ``table2_<tag>.md`` and ``curves_<tag>.png`` from ``table2_<tag>.json``; print the table."""
+    data = json.loads((out / f"table2_{tag}.json").read_text())
+    results = {}
+    for name, r in data["results"].items():
+        ins, dele = (torch.tensor(r[k], dtype=torch.float64) for k in ("insertion", "deletion"))
+        ratios = torch.tensor(r["ratios"], dtype=torch.float64) if "ratios" in r else \
+            torch.linspace(0, 1, ins.shape[1], dtype=torch.float64)
+        results[name] = GameResult(ratios=ratios, insertion=ins, deletion=dele,
+                                   target=torch.zeros(ins.shape[0], dtype=torch.long))
+    dataset, arch = tag.split("_")
+    args = data["args"]
+    header = data.get("header", f"### {dataset} / {arch}: N = {len(data['indices'])} test images, SaS "
+                                f"{args['iterations']} iterations, device {args['device']}")
+    table = markdown(results, PAPER[(dataset, arch)], header)
+    (out / f"table2_{tag}.md").write_text(table)
+    plot_game_curves(results, out / f"curves_{tag}.png", f"{dataset} / {arch}, N = {len(data['indices'])}")
     print(table)
     return 0
 

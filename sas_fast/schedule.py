@@ -107,7 +107,8 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     The masked images go through the model in micro-batches of at most ``config.max_batch``;
     their input gradients are accumulated and then pushed back through the mask pipeline once,
     so the result does not depend on ``max_batch``. Loss (eq. 7): insertion ``-sum_k z_k``,
-    deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9).
+    deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9). Nothing here copies
+    between host and device or waits for the device, so a CUDA graph can capture the step.
     """
     backend = config.backend
     b = premask.shape[0]
@@ -121,7 +122,6 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
         ops.pyramid_mask(pyramid, masks if mode == "insertion" else 1 - masks, backend=backend)
         for mode in modes], dim=1)                                    # B x (M K') x C x H x W
     images = images.flatten(0, 1)
-    # no host <-> device traffic from here on, so that a CUDA graph can capture the step
     per_image = images.shape[0] // b
     rows = torch.arange(b, device=premask.device).unsqueeze(1).expand(b, per_image).flatten()
     sign = torch.cat([torch.full((areas.numel(),), objective.sign[m], device=premask.device)

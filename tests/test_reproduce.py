@@ -33,6 +33,10 @@ def test_reproduce_table2_smoke(tmp_path):
     assert len(data["results"]["SaS"]["insertion"]) == 4
     for png in ("curves_mnist_resnet8.png", "profiles_mnist_resnet8.png"):
         assert (tmp_path / png).stat().st_size > 10_000
+    assert "| Overall − SaS (paired) |" in table and "| SaS |" in table
+    (tmp_path / "table2_mnist_resnet8.md").unlink()
+    assert main(["--dataset", "mnist", "--arch", "resnet8", "--out", str(tmp_path), "--render-only"]) == 0
+    assert (tmp_path / "table2_mnist_resnet8.md").read_text() == table
 
 
 def test_calibration_smoke(tmp_path):
