@@ -3,7 +3,7 @@
     python benchmarks/rounding_sensitivity.py --dataset cifar10 --arch resnet8 --index 3
 
 On one test image and the paper's trained model, max |saliency a - saliency b| (min-max
-normalised schedules, paper eq. 8) after 5, 10, 20, 50 iterations for three pairs:
+normalised schedules, paper eq. 8) after 5, 10, 20, 50 iterations (``--checkpoints``) for three pairs:
 
 - float32, ``reference`` ops, pre-mask vs pre-mask x (1 + 1e-7) (one rounding step);
 - float32, ``reference`` vs ``cpp`` ops, same pre-mask;
@@ -27,20 +27,18 @@ from sas_fast.models import load_npz_dataset, load_paper_model
 from sas_fast.schedule import Objective
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-CHECKPOINTS = (5, 10, 20, 50)
-
-
-def run(model, image, target, premask, backend: str, dtype: torch.dtype) -> dict:
-    """Normalised schedules ``{iteration: H x W}`` of one run from ``premask``."""
+def run(model, image, target, premask, backend: str, dtype: torch.dtype, config: SaSConfig,
+        checkpoints) -> dict:
+    """Normalised schedules ``{iteration: H x W}`` at the ``checkpoints`` of one run from ``premask``."""
     model, image = model.to(dtype), image.to(dtype)
-    config = dataclasses.replace(SaSConfig().resolved(*image.shape[-2:]), backend=backend)
+    config = dataclasses.replace(config.resolved(*image.shape[-2:]), backend=backend)
     pyramid = ops.blur_pyramid(image, config.levels, config.max_blur, backend="reference")
     premask = premask.to(dtype).clone().requires_grad_(True)
     iteration = IterationRunner(premask, pyramid, Objective(model, image, target), config)
     out = {}
-    for i in range(1, max(CHECKPOINTS) + 1):
+    for i in range(1, max(checkpoints) + 1):
         iteration()
-        if i in CHECKPOINTS:
+        if i in checkpoints:
             s = ops.smooth_softmax_pool(premask.detach(), config.window, config.beta, backend="reference")
             out[i] = (s - s.min()) / (s.max() - s.min())
     return out
@@ -51,8 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", choices=["mnist", "cifar10"], default="cifar10")
     ap.add_argument("--arch", choices=["resnet8", "vgg16"], default="resnet8")
     ap.add_argument("--index", type=int, default=3, help="test image index")
+    ap.add_argument("--checkpoints", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--threshold-tol", type=float, default=SaSConfig.threshold_tol)
     ap.add_argument("--shared", type=Path, default=SHARED)
     args = ap.parse_args(argv)
+    config = SaSConfig(threshold_tol=args.threshold_tol)
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models").requires_grad_(False)
     image, label = load_npz_dataset(args.dataset, args.shared / "data", [args.index])
@@ -65,11 +66,12 @@ def main(argv=None) -> int:
         "fp32 reference vs cpp": (("reference", premask, torch.float32), ("cpp", premask, torch.float32)),
         "fp64 reference vs cpp": (("reference", premask, torch.float64), ("cpp", premask, torch.float64)),
     }
-    print(f"| pair | {' | '.join(f'{i} it' for i in CHECKPOINTS)} |")
-    print(f"| --- |{' --- |' * len(CHECKPOINTS)}")
+    print(f"| pair | {' | '.join(f'{i} it' for i in args.checkpoints)} |")
+    print(f"| --- |{' --- |' * len(args.checkpoints)}")
     for name, (a, b) in pairs.items():
-        runs = [run(model, image, label, p, backend, dtype) for backend, p, dtype in (a, b)]
-        diffs = " | ".join(f"{(runs[0][i] - runs[1][i]).abs().max().item():.1e}" for i in CHECKPOINTS)
+        runs = [run(model, image, label, p, backend, dtype, config, args.checkpoints)
+                for backend, p, dtype in (a, b)]
+        diffs = " | ".join(f"{(runs[0][i] - runs[1][i]).abs().max().item():.1e}" for i in args.checkpoints)
         print(f"| {name} | {diffs} |", flush=True)
     return 0
 

@@ -46,3 +46,13 @@ def test_calibration_smoke(tmp_path):
                  "--shared", str(SHARED), "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
     assert rows[-2].startswith("| defaults |") and rows[-1].startswith("| lr = 0.1 |")
+
+
+def test_rounding_sensitivity_smoke(capsys):
+    main = _script("rounding_sensitivity").main
+    assert main(["--checkpoints", "1", "2", "--shared", str(SHARED)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp")]
+    diffs = {line.split(" | ")[0][2:]: [float(v) for v in line.strip("| ").split(" | ")[1:]] for line in rows}
+    assert len(diffs) == 3
+    assert max(diffs["fp64 reference vs cpp"]) < 1e-12          # same function, float64: rounding only
+    assert 0 < max(diffs["fp32 reference vs cpp"]) < 1e-4
