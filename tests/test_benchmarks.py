@@ -1,0 +1,32 @@
+"""Smoke runs of the speed benchmarks on the CPU (the GPU run is benchmarks/gpu_check.sh)."""
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_attribute_quick_cpu(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    _script("bench_attribute").main(["--quick", "--models", "resnet8", "--device", "cpu", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["images"] == 2 * (4 - 2) * 1
+    assert row["cnn"] > 0 and row["reference"] > 0
+    assert row["graph"] is None                       # CUDA graphs need a GPU
+    assert "fused/cnn" in capsys.readouterr().out
+
+
+def test_bench_nli_solvers_agree():
+    row = _script("bench_nli").bench(32, argparse.Namespace(images=1, batch=1), torch.device("cpu"))
+    assert row["masks"] == 9 and row["scipy_ms"] > 0 and row["torch_ms"] > 0
+    assert row["max_abs"] < 1e-4
