@@ -5,9 +5,9 @@
 
 Calibration images are test indices = 1 mod 10 (stratified by class); reproduce_table2.py
 never evaluates on them. One factor at a time: each ``--grid NAME=v1,v2,...`` varies one
-SaSConfig field with the others at their defaults; every run reports the deletion-game
-Overall (SPEC section 5) with its standard error, and its paired difference from the defaults on
-the same images. Writes a markdown table to --out.
+SaSConfig field with the others at their defaults (``--combo NAME=v,NAME2=w`` changes several
+together); every run reports the deletion-game Overall (SPEC section 5) with its standard error,
+and its paired difference from the defaults on the same images. Writes a markdown table to --out.
 """
 from __future__ import annotations
 
@@ -31,12 +31,21 @@ def calibration_indices(labels: np.ndarray, n: int) -> np.ndarray:
     return pool[stratified_indices(labels[pool], n)]
 
 
-def parse_grid(specs):
-    grid = []
-    for spec in specs:
+def _number(v: str):
+    return float(v) if "." in v else int(v)
+
+
+def parse_settings(grids, combos) -> list:
+    """``[(label, {field: value})]``: one setting per value of each ``NAME=v1,v2`` grid, then one
+    per ``NAME=v,NAME2=w`` combination (all of its fields changed together)."""
+    settings = []
+    for spec in grids:
         name, values = spec.split("=")
-        grid += [(name, float(v) if "." in v else int(v)) for v in values.split(",")]
-    return grid
+        settings += [(f"{name} = {v}", {name: _number(v)}) for v in values.split(",")]
+    for spec in combos:
+        options = {name: _number(v) for name, v in (part.split("=") for part in spec.split(","))}
+        settings.append((", ".join(f"{k} = {v}" for k, v in options.items()), options))
+    return settings
 
 
 def main(argv=None) -> int:
@@ -46,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--grid", action="append", default=[], help="NAME=v1,v2,... (repeatable)")
+    ap.add_argument("--combo", action="append", default=[],
+                    help="NAME=v,NAME2=w: one run with all of these changed (repeatable)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision during SaS")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shared", type=Path, default=SHARED)
@@ -63,14 +74,12 @@ def main(argv=None) -> int:
             "| setting | Ins | Del | Overall ± se | paired Δ vs defaults ± se | s/image |",
             "| --- | --- | --- | --- | --- | --- |"]
     default_overall = None
-    for name, value in [("default", None)] + parse_grid(args.grid):
-        options = {} if value is None else {name: value}
+    for label, options in [("defaults", {})] + parse_settings(args.grid, args.combo):
         start = time.perf_counter()
         sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=False,
                                  precision=args.precision, **options)
         seconds = (time.perf_counter() - start) / len(images)
         res = deletion_game(model, images, sal, labels)
-        label = "defaults" if value is None else f"{name} = {value}"
         per_image = res.insertion.mean(1) - res.deletion.mean(1)
         if default_overall is None:
             default_overall, delta = per_image, "-"

@@ -43,9 +43,11 @@ def test_calibration_smoke(tmp_path):
     main = _script("calibrate_sas").main
     out = tmp_path / "cal.md"
     assert main(["--dataset", "cifar10", "--n", "2", "--iterations", "2", "--grid", "lr=0.1",
-                 "--shared", str(SHARED), "--out", str(out)]) == 0
+                 "--combo", "window=5,max_blur=2.0", "--shared", str(SHARED), "--out", str(out)]) == 0
     rows = out.read_text().splitlines()
-    assert rows[-2].startswith("| defaults |") and rows[-1].startswith("| lr = 0.1 |")
+    assert rows[-3].startswith("| defaults |") and rows[-2].startswith("| lr = 0.1 |")
+    assert rows[-1].startswith("| window = 5, max_blur = 2.0 |")
+    assert rows[-3].split(" | ")[4] == "-" and " ± " in rows[-1].split(" | ")[4]     # paired Δ
 
 
 def test_rounding_sensitivity_smoke(capsys):
