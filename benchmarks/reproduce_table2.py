@@ -123,7 +123,7 @@ def main(argv=None) -> int:
               f"({seconds[name]:.2f} s/image)", flush=True)
 
     header = (f"### {args.dataset} / {args.arch}: N = {len(images)} test images, SaS "
-              f"{args.iterations} iterations, device {device.type}"
+              f"{args.iterations} iterations ({args.precision} model), device {device.type}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     (args.out / f"table2_{tag}.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "header": header, "indices": indices.tolist(),
