@@ -73,19 +73,18 @@ def main(argv=None) -> int:
             f"{args.iterations} iterations, SaS model precision {args.precision}, device {device.type}", "",
             "| setting | Ins | Del | Overall ± se | paired Δ vs defaults ± se | s/image |",
             "| --- | --- | --- | --- | --- | --- |"]
-    default_overall = None
+    defaults = None
     for label, options in [("defaults", {})] + parse_settings(args.grid, args.combo):
         start = time.perf_counter()
         sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=False,
                                  precision=args.precision, **options)
         seconds = (time.perf_counter() - start) / len(images)
         res = deletion_game(model, images, sal, labels)
-        per_image = res.insertion.mean(1) - res.deletion.mean(1)
-        if default_overall is None:
-            default_overall, delta = per_image, "-"
+        if defaults is None:
+            defaults, delta = res, "-"
         else:
-            diff = per_image - default_overall
-            delta = f"{float(diff.mean()):+.3f} ± {float(diff.double().std() / len(diff) ** 0.5):.3f}"
+            mean, se = res.paired_gap(defaults)
+            delta = f"{mean:+.3f} ± {se:.3f}"
         rows.append(f"| {label} | {res.ins:.3f} | {res.dele:.3f} | {res.overall:.3f} ± {res.overall_se:.3f} "
                     f"| {delta} | {seconds:.2f} |")
         print(rows[-1], flush=True)

@@ -60,8 +60,8 @@ def paired_gap(res, sas) -> str:
     """Overall of ``res`` minus SaS's on the same images: mean ± standard error over images."""
     if sas is None or res is sas:
         return "-"
-    gap = (res.insertion.mean(1) - res.deletion.mean(1)) - (sas.insertion.mean(1) - sas.deletion.mean(1))
-    return f"{float(gap.mean()):+.3f} ± {float(gap.double().std() / len(gap) ** 0.5):.3f}"
+    mean, se = res.paired_gap(sas)
+    return f"{mean:+.3f} ± {se:.3f}"
 
 
 def markdown(results: dict, paper: dict, header: str) -> str:

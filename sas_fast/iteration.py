@@ -47,12 +47,16 @@ class IterationRunner:
         if not self.config.cuda_graph:
             return self._eager()
         if self.graph is None:
+            warm_up = self.calls <= WARMUP
             main = torch.cuda.current_stream(self.premask.device)
             self.stream.wait_stream(main)
             with torch.cuda.stream(self.stream):
-                result = self._eager() if self.calls <= WARMUP else self._capture()
+                if warm_up:
+                    result = self._eager()
+                else:
+                    self._capture()
             main.wait_stream(self.stream)
-            if result is not None:
+            if warm_up:
                 return result
         self.graph.replay()
         return self.static

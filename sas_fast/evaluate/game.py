@@ -56,8 +56,20 @@ class GameResult:
         return _se(self.deletion.mean(1))
 
     @property
+    def per_image_overall(self) -> torch.Tensor:
+        """``[B]``: each image's Ins - Del."""
+        return self.insertion.mean(1) - self.deletion.mean(1)
+
+    @property
     def overall_se(self) -> float:
-        return _se(self.insertion.mean(1) - self.deletion.mean(1))
+        return _se(self.per_image_overall)
+
+    def paired_gap(self, other: "GameResult") -> tuple:
+        """``(mean, se)`` over images of this Overall minus ``other``'s, on the same images."""
+        if other.insertion.shape != self.insertion.shape:
+            raise ValueError("paired_gap needs results on the same images")
+        gap = self.per_image_overall - other.per_image_overall
+        return float(gap.mean()), _se(gap)
 
 
 def _se(values: torch.Tensor) -> float:

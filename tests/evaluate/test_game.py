@@ -130,3 +130,16 @@ def test_rejects_bad_input():
         deletion_game(model, x, right_saliency(3), target=0)
     with pytest.raises(ValueError):
         deletion_game(model, x, right_saliency(2), target=0, ratios=[0.5, 1.5])
+
+
+def test_paired_gap_is_the_mean_and_se_of_per_image_differences():
+    ratios = torch.linspace(0, 1, 3)
+    a = GameResult(ratios, torch.tensor([[0.2, 0.6, 1.0], [0.1, 0.4, 0.7]]),
+                   torch.tensor([[1.0, 0.5, 0.0], [0.9, 0.3, 0.0]]), torch.zeros(2, dtype=torch.long))
+    b = GameResult(ratios, torch.full((2, 3), 0.5), torch.full((2, 3), 0.5), torch.zeros(2, dtype=torch.long))
+    gaps = a.per_image_overall - b.per_image_overall                    # [0.1, 0.0]
+    mean, se = a.paired_gap(b)
+    assert abs(mean - 0.05) < 1e-6 and abs(se - float(gaps.std() / 2 ** 0.5)) < 1e-6
+    assert b.paired_gap(b) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        a.paired_gap(GameResult(ratios, torch.zeros(3, 3), torch.zeros(3, 3), torch.zeros(3, dtype=torch.long)))
