@@ -2,7 +2,8 @@
 
     python benchmarks/figures.py --out docs --iterations 80 --precision bf16
 
-- ``compare_grid.png`` (paper figure 5): each photo, then SaS, GradCAM, IG and Guided BP
+- ``compare_grid.png`` (paper figure 5): each photo, then SaS, GradCAM, IG, Guided BP and (with
+  TorchRay installed) Extremal Perturbation
   (``sas-fast compare`` on the photos);
 - ``feature_saliency.png`` (paper figure 6): for one photo, SaS feature saliency of several
   layers, from early blocks to the last convolution, then class saliency.

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import sas_fast
 from sas_fast import baselines
+from sas_fast.config import make_config
 from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 from sas_fast.viz import plot_game_curves, plot_score_profiles
@@ -45,6 +46,8 @@ PAPER = {
 
 BASELINES = {"Gradient": baselines.gradient, "Guided BP": baselines.guided_backprop,
              "IG": baselines.integrated_gradients, "GradCAM": baselines.grad_cam}
+if baselines.HAS_TORCHRAY:   # not in the paper's table; on request: --methods SaS,EP
+    BASELINES["EP"] = baselines.extremal_perturbation
 
 
 def run_method(name, fn, images, labels, batch, device):
@@ -91,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the table and curves from the .json of an earlier run (no model runs)")
+    ap.add_argument("--update", action="store_true",
+                    help="add or replace --methods in the .json of an earlier run on the same images "
+                         "(e.g. SaS after a change of defaults); the other methods' results are kept")
     args = ap.parse_args(argv)
     if args.render_only:
         return render(args.out, f"{args.dataset}_{args.arch}")
@@ -112,8 +118,23 @@ def main(argv=None) -> int:
         return sal
 
     methods = {"SaS": sas, **{k: (lambda f: lambda x, t: f(model, x, t))(f) for k, f in BASELINES.items()}}
+    names = [m.strip() for m in args.methods.split(",")]
+    if set(names) - set(methods):
+        raise SystemExit(f"unknown --methods {sorted(set(names) - set(methods))}; choose from {list(methods)}")
+    config = make_config().resolved(*images.shape[-2:])
+    header = (f"### {args.dataset} / {args.arch}: N = {len(images)} test images, SaS "
+              f"{args.iterations} iterations ({args.precision} model, window {config.window}, "
+              f"max_blur {config.max_blur:.2f}), device {device.type}"
+              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    json_path = args.out / f"table2_{tag}.json"
     results, seconds = {}, {}
-    for name in [m.strip() for m in args.methods.split(",")]:
+    if args.update:
+        data, results = load_results(json_path)
+        if data["indices"] != indices.tolist():
+            raise SystemExit(f"--update: {json_path} holds other images than --n {args.n}")
+        seconds = data.get("seconds_per_image", {})
+        header = header if "SaS" in names else data["header"]
+    for name in names:
         start = time.perf_counter()
         maps = run_method(name, methods[name], images, labels, args.batch, device)
         seconds[name] = (time.perf_counter() - start) / len(images)
@@ -121,25 +142,21 @@ def main(argv=None) -> int:
         print(f"{name:10s} Ins {results[name].ins:.3f}  Del {results[name].dele:.3f}  "
               f"Overall {results[name].overall:.3f} ± {results[name].overall_se:.3f}  "
               f"({seconds[name]:.2f} s/image)", flush=True)
-
-    header = (f"### {args.dataset} / {args.arch}: N = {len(images)} test images, SaS "
-              f"{args.iterations} iterations ({args.precision} model), device {device.type}"
-              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    (args.out / f"table2_{tag}.json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "header": header, "indices": indices.tolist(),
-        "seconds_per_image": seconds,
-        "results": {k: {"ins": r.ins, "dele": r.dele, "overall": r.overall, "overall_se": r.overall_se,
-                        "ratios": r.ratios.tolist(), "insertion": r.insertion.tolist(),
-                        "deletion": r.deletion.tolist()}
-                    for k, r in results.items()}}, indent=1))
+        json_path.write_text(json.dumps({   # after every method: a cut run keeps its part
+            "args": {k: str(v) for k, v in vars(args).items()}, "header": header, "indices": indices.tolist(),
+            "seconds_per_image": seconds,
+            "results": {k: {"ins": r.ins, "dele": r.dele, "overall": r.overall, "overall_se": r.overall_se,
+                            "ratios": r.ratios.tolist(), "insertion": r.insertion.tolist(),
+                            "deletion": r.deletion.tolist()}
+                        for k, r in results.items()}}, indent=1))
     if traces:
         plot_score_profiles(traces[0], args.out / f"profiles_{tag}.png", title=f"SaS score profiles, {tag}")
     return render(args.out, tag)
 
 
-def render(out: Path, tag: str) -> int:
-    """Write ``table2_<tag>.md`` and ``curves_<tag>.png`` from ``table2_<tag>.json``; print the table."""
-    data = json.loads((out / f"table2_{tag}.json").read_text())
+def load_results(path: Path) -> tuple[dict, dict]:
+    """(the saved json, ``{method: GameResult}``) of an earlier run."""
+    data = json.loads(path.read_text())
     results = {}
     for name, r in data["results"].items():
         ins, dele = (torch.tensor(r[k], dtype=torch.float64) for k in ("insertion", "deletion"))
@@ -147,6 +164,12 @@ def render(out: Path, tag: str) -> int:
             torch.linspace(0, 1, ins.shape[1], dtype=torch.float64)
         results[name] = GameResult(ratios=ratios, insertion=ins, deletion=dele,
                                    target=torch.zeros(ins.shape[0], dtype=torch.long))
+    return data, results
+
+
+def render(out: Path, tag: str) -> int:
+    """Write ``table2_<tag>.md`` and ``curves_<tag>.png`` from ``table2_<tag>.json``; print the table."""
+    data, results = load_results(out / f"table2_{tag}.json")
     dataset, arch = tag.split("_")
     args = data["args"]
     header = data.get("header", f"### {dataset} / {arch}: N = {len(data['indices'])} test images, SaS "

@@ -113,8 +113,9 @@ def compare(args) -> int:
         "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
         "Guided BP": lambda: baselines.guided_backprop(model, images, target),
     }
-    if hasattr(baselines, "extremal_perturbation"):
-        methods["EP"] = lambda: baselines.extremal_perturbation(model, images, target)
+    if baselines.HAS_TORCHRAY:
+        methods["EP"] = lambda: baselines.extremal_perturbation(model, images, target,
+                                                                max_iter=args.ep_iterations, progress=True)
     maps = {}
     for name, fn in methods.items():
         start = time.perf_counter()
@@ -149,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _photo_arguments(p, "output PNG (one image) or folder")
     p.add_argument("--layer", default=None, help="module name: feature saliency of that layer")
     p.set_defaults(func=explain)
-    p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP for photos (figure 5)")
+    p = sub.add_parser("compare", help="grid of SaS, GradCAM, IG, Guided BP (and Extremal Perturbation "
+                                       "if TorchRay is installed) for photos (figure 5)")
     _photo_arguments(p, "output PNG (default compare.png)")
+    p.add_argument("--ep-iterations", type=int, default=800, help="Extremal Perturbation steps (default 800)")
     p.set_defaults(func=compare)
     add_dataset_commands(sub)
     return parser

@@ -7,6 +7,7 @@ import matplotlib.image  # noqa: E402
 import skimage.data  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from sas_fast import baselines  # noqa: E402
 from sas_fast.cli import main  # noqa: E402
 
 
@@ -33,3 +34,15 @@ def test_explain_rejects_missing_file_and_unknown_layer(tmp_path):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "z.png")
     with pytest.raises(SystemExit, match="no layer"):
         main(["explain", str(tmp_path / "z.png"), "--layer", "nope", "--iterations", "1"])
+
+
+def test_compare_writes_a_grid_with_every_method(tmp_path, capsys):
+    photo = (np.random.default_rng(1).random((50, 70, 3)) * 255).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    out = tmp_path / "grid.png"
+    assert main(["compare", str(tmp_path / "p.png"), "--iterations", "1", "--ep-iterations", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    methods = ["SaS", "GradCAM", "IG", "Guided BP"] + (["EP"] if baselines.HAS_TORCHRAY else [])
+    assert all(f"{m}: " in printed for m in methods)
+    assert matplotlib.image.imread(out).shape[0] > 100

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def test_reproduce_table2_smoke(tmp_path):
     assert main(["--dataset", "mnist", "--arch", "resnet8", "--out", str(tmp_path), "--render-only"]) == 0
     assert (tmp_path / "table2_mnist_resnet8.md").read_text() == table
 
+    common = ["--dataset", "mnist", "--arch", "resnet8", "--iterations", "1", "--batch", "4",
+              "--shared", str(SHARED), "--out", str(tmp_path)]
+    assert main(common + ["--n", "4", "--methods", "SaS", "--update"]) == 0     # SaS rerun, rest kept
+    updated = json.loads((tmp_path / "table2_mnist_resnet8.json").read_text())
+    assert list(updated["results"]) == list(data["results"]) and "1 iterations" in updated["header"]
+    assert updated["results"]["IG"] == data["results"]["IG"]
+    assert updated["results"]["SaS"] != data["results"]["SaS"]
+    with pytest.raises(SystemExit, match="other images"):
+        main(common + ["--n", "3", "--methods", "SaS", "--update"])
+    with pytest.raises(SystemExit, match="unknown --methods"):
+        main(common + ["--n", "4", "--methods", "SaS,LIME"])
+
 
 def test_calibration_smoke(tmp_path):
     main = _script("calibrate_sas").main
@@ -58,3 +71,15 @@ def test_rounding_sensitivity_smoke(capsys):
     assert len(diffs) == 3
     assert max(diffs["fp64 reference vs cpp"]) < 1e-12          # same function, float64: rounding only
     assert 0 < max(diffs["fp32 reference vs cpp"]) < 1e-4
+
+
+def test_gpu_table2_script_stages_and_runs_on_cpu(tmp_path):
+    env = {**os.environ, "SAS_SHARED": str(SHARED), "ASSETS": str(tmp_path / "assets"), "DEVICE": "cpu",
+           "N": "2", "ITERATIONS": "1", "BATCH": "2", "PYTHON": sys.executable}
+    script = str(ROOT / "benchmarks" / "gpu_table2.sh")
+    subprocess.run(["bash", script, "--stage", "resnet8", "mnist"], env=env, check=True)
+    assert sorted(p.name for p in (tmp_path / "assets").rglob("*.*")) == ["resnet8_mnist.pt", "test.npz"]
+    subprocess.run(["bash", script, str(tmp_path / "out")], env=env, check=True)
+    data = json.loads((tmp_path / "out" / "table2" / "table2_mnist_resnet8.json").read_text())
+    assert sorted(data["results"]) == sorted(["SaS", "Gradient", "Guided BP", "IG", "GradCAM"])
+    assert len(data["indices"]) == 2 and "bf16" in data["header"]

@@ -1,4 +1,6 @@
 """Baselines: shapes, channel reductions, per-sample targets, the model left exactly as found."""
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,14 @@ def module_state(model):
              len(m._backward_pre_hooks)) for m in model.modules()]
 
 
-@pytest.mark.parametrize("name", sorted(baselines.BASELINES))
+METHODS = dict(baselines.BASELINES)
+if baselines.HAS_TORCHRAY:
+    METHODS["extremal_perturbation"] = functools.partial(baselines.extremal_perturbation, max_iter=30)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_shape_targets_and_model_unchanged(name):
-    f = baselines.BASELINES[name]
+    f = METHODS[name]
     model, x = small_model().train(), images()
     model[0][1].eval()
     model[-1].weight.requires_grad_(False)
@@ -100,3 +107,36 @@ def test_default_target_is_top1():
     model, x = small_model().eval(), images(2)
     top1 = model(x).argmax(1)
     assert torch.equal(baselines.gradient(model, x), baselines.gradient(model, x, top1))
+
+
+class PatchMean(nn.Module):
+    """Class 0's logit is 50 x the mean of channel 0 over rows 2:6, columns 8:12; class 1's is 0."""
+
+    def forward(self, x):
+        z = 50 * x[:, 0, 2:6, 8:12].mean((1, 2))
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def test_extremal_perturbation_finds_the_planted_patch():
+    pytest.importorskip("torchray")
+    x = torch.full((1, 3, 16, 16), -1.0)
+    x[:, :, 2:6, 8:12] = 1.0
+    m = baselines.extremal_perturbation(PatchMean(), x, 0, areas=(0.0625,), max_iter=300)
+    assert m.shape == (1, 16, 16)
+    inside = m[0, 2:6, 8:12].mean()
+    outside = (m[0].sum() - m[0, 2:6, 8:12].sum()) / (256 - 16)
+    assert float(inside) > 0.5 and float(inside) > 3 * float(outside)
+
+
+def test_extremal_perturbation_of_a_float64_model():
+    pytest.importorskip("torchray")
+    model, x = small_model(), images(2)
+    single = baselines.extremal_perturbation(model, x, [0, 1], max_iter=5)
+    double = baselines.extremal_perturbation(model.double(), x.double(), [0, 1], max_iter=5)
+    assert double.dtype == torch.float32 and torch.allclose(single, double, atol=1e-5)
+
+
+def test_extremal_perturbation_without_torchray_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(baselines, "HAS_TORCHRAY", False)
+    with pytest.raises(ImportError, match="pip install --no-deps torchray"):
+        baselines.extremal_perturbation(small_model(), images(1), 0)
