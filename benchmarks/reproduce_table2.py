@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the table and curves from the .json of an earlier run (no model runs)")
+    ap.add_argument("--sas", action="append", default=[], metavar="NAME=VALUE",
+                    help="a SaS option other than its default (SaSConfig field, e.g. window=5); repeatable")
     ap.add_argument("--update", action="store_true",
                     help="add or replace --methods in the .json of an earlier run on the same images "
                          "(e.g. SaS after a change of defaults); the other methods' results are kept")
@@ -109,11 +111,13 @@ def main(argv=None) -> int:
     indices = stratified_indices(all_labels, args.n, exclude_mod=(10, 1))
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
     tag = f"{args.dataset}_{args.arch}"
+    options = {name: float(v) if "." in v else int(v) for name, v in (o.split("=") for o in args.sas)}
+    config = make_config(**options).resolved(*images.shape[-2:])
     traces = []
 
     def sas(x, t):
         sal, trace = sas_fast.attribute(model, x, t, iterations=args.iterations, backend=args.backend,
-                                        precision=args.precision, return_trace=True, progress=False)
+                                        precision=args.precision, return_trace=True, progress=False, **options)
         traces.append(trace)
         return sal
 
@@ -121,7 +125,6 @@ def main(argv=None) -> int:
     names = [m.strip() for m in args.methods.split(",")]
     if set(names) - set(methods):
         raise SystemExit(f"unknown --methods {sorted(set(names) - set(methods))}; choose from {list(methods)}")
-    config = make_config().resolved(*images.shape[-2:])
     header = (f"### {args.dataset} / {args.arch}: N = {len(images)} test images, SaS "
               f"{args.iterations} iterations ({args.precision} model, window {config.window}, "
               f"max_blur {config.max_blur:.2f}), device {device.type}"
@@ -164,6 +167,9 @@ def load_results(path: Path) -> tuple[dict, dict]:
             torch.linspace(0, 1, ins.shape[1], dtype=torch.float64)
         results[name] = GameResult(ratios=ratios, insertion=ins, deletion=dele,
                                    target=torch.zeros(ins.shape[0], dtype=torch.long))
+    args = data["args"]   # runs before the header was saved:
+    data.setdefault("header", f"### {args['dataset']} / {args['arch']}: N = {len(data['indices'])} test images, "
+                              f"SaS {args['iterations']} iterations, device {args['device']}")
     return data, results
 
 
@@ -171,9 +177,7 @@ def render(out: Path, tag: str) -> int:
     """Write ``table2_<tag>.md`` and ``curves_<tag>.png`` from ``table2_<tag>.json``; print the table."""
     data, results = load_results(out / f"table2_{tag}.json")
     dataset, arch = tag.split("_")
-    args = data["args"]
-    header = data.get("header", f"### {dataset} / {arch}: N = {len(data['indices'])} test images, SaS "
-                                f"{args['iterations']} iterations, device {args['device']}")
+    header = data["header"]
     table = markdown(results, PAPER[(dataset, arch)], header)
     (out / f"table2_{tag}.md").write_text(table)
     plot_game_curves(results, out / f"curves_{tag}.png", f"{dataset} / {arch}, N = {len(data['indices'])}")
