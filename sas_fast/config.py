@@ -41,13 +41,14 @@ class SaSConfig:
     def resolved(self, height: int, width: int) -> "SaSConfig":
         """This config with ``window`` and ``max_blur`` filled in for an ``height x width`` image.
 
-        ``window``: the smallest odd integer >= 41 min(H, W) / 224 (41 at 224 px, 7 at 32 px), >= 3.
+        ``window``: the odd integer nearest to 41 min(H, W) / 224, halves up (41 at 224 px, 5 at
+        32 px), at least 3; calibrated in ``benchmarks/RESULTS.md`` (window 5 against 7 at 32 px).
         ``max_blur``: ``20 min(H, W) / 224`` (20 at 224 px, 2.86 at 32 px).
         """
         size = min(height, width)
         window = self.window
         if window is None:
-            window = max(3, 2 * math.ceil((41 * size / 224 - 1) / 2) + 1)
+            window = max(3, 2 * math.floor((41 * size / 224 - 1) / 2 + 0.5) + 1)
         max_blur = self.max_blur if self.max_blur is not None else 20.0 * size / 224
         return dataclasses.replace(self, window=window, max_blur=max_blur)
 

@@ -41,11 +41,11 @@ def test_reproduce_table2_smoke(tmp_path):
 
     common = ["--dataset", "mnist", "--arch", "resnet8", "--iterations", "1", "--batch", "4",
               "--shared", str(SHARED), "--out", str(tmp_path)]
-    assert "window 7" in data["header"]
-    assert main(common + ["--n", "4", "--methods", "SaS", "--sas", "window=5", "--update"]) == 0  # rest kept
+    assert "window 5" in data["header"]
+    assert main(common + ["--n", "4", "--methods", "SaS", "--sas", "window=3", "--update"]) == 0  # rest kept
     updated = json.loads((tmp_path / "table2_mnist_resnet8.json").read_text())
     assert list(updated["results"]) == list(data["results"])
-    assert "1 iterations" in updated["header"] and "window 5" in updated["header"]
+    assert "1 iterations" in updated["header"] and "window 3" in updated["header"]
     assert updated["results"]["IG"] == data["results"]["IG"]
     assert updated["results"]["SaS"] != data["results"]["SaS"]
     with pytest.raises(SystemExit, match="other images"):
