@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import sas_fast
+from sas_fast.config import parse_value
 from sas_fast.evaluate import deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 
@@ -31,19 +32,15 @@ def calibration_indices(labels: np.ndarray, n: int) -> np.ndarray:
     return pool[stratified_indices(labels[pool], n)]
 
 
-def _number(v: str):
-    return float(v) if "." in v else int(v)
-
-
 def parse_settings(grids, combos) -> list:
     """``[(label, {field: value})]``: one setting per value of each ``NAME=v1,v2`` grid, then one
     per ``NAME=v,NAME2=w`` combination (all of its fields changed together)."""
     settings = []
     for spec in grids:
         name, values = spec.split("=")
-        settings += [(f"{name} = {v}", {name: _number(v)}) for v in values.split(",")]
+        settings += [(f"{name} = {v}", {name: parse_value(v)}) for v in values.split(",")]
     for spec in combos:
-        options = {name: _number(v) for name, v in (part.split("=") for part in spec.split(","))}
+        options = {name: parse_value(v) for name, v in (part.split("=") for part in spec.split(","))}
         settings.append((", ".join(f"{k} = {v}" for k, v in options.items()), options))
     return settings
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Table 2 at N = 512 on a lent GPU (issue #5), for every (dataset, arch) whose files are staged in
 # device_assets/ (git-ignored). A device call sends the checkout only and carries at most 64 MiB,
-# so stage one architecture per call here first (ResNet8: both models + both test sets, 56 MB;
-# VGG16: one dataset per call, 59 MB for CIFAR-10):
+# so stage one architecture per call here first (ResNet8: both models + both test sets, 54 MiB;
+# VGG16: one dataset per call, 56 MiB for CIFAR-10):
 #   bash benchmarks/gpu_table2.sh --stage resnet8 [mnist cifar10]    # copies from ../shared ($SAS_SHARED)
 # then on the device, with carry=["device_assets"]:
 #   bash benchmarks/gpu_table2.sh [OUT_DIR]        (results in OUT_DIR/table2, default $OUT or /tmp)

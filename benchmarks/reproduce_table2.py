@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import sas_fast
 from sas_fast import baselines
-from sas_fast.config import make_config
+from sas_fast.config import make_config, parse_option
 from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 from sas_fast.viz import plot_game_curves, plot_score_profiles
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the table and curves from the .json of an earlier run (no model runs)")
-    ap.add_argument("--sas", action="append", default=[], metavar="NAME=VALUE",
+    ap.add_argument("--sas", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
                     help="a SaS option other than its default (SaSConfig field, e.g. window=5); repeatable")
     ap.add_argument("--update", action="store_true",
                     help="add or replace --methods in the .json of an earlier run on the same images "
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     indices = stratified_indices(all_labels, args.n, exclude_mod=(10, 1))
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
     tag = f"{args.dataset}_{args.arch}"
-    options = {name: float(v) if "." in v else int(v) for name, v in (o.split("=") for o in args.sas)}
+    options = dict(args.sas)
     config = make_config(**options).resolved(*images.shape[-2:])
     traces = []
 

@@ -7,6 +7,8 @@ defaults by ``min(H, W) / 224`` at call time (:meth:`SaSConfig.resolved`).
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -98,3 +100,19 @@ def make_config(preset: str | SaSConfig = "default", **overrides) -> SaSConfig:
     config = dataclasses.replace(base, **overrides)
     config.validate()
     return config
+
+
+def parse_value(text: str):
+    """A command-line option value: a Python literal (``5``, ``2.0``, ``(0, 9)``) or the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_option(text: str) -> tuple:
+    """``KEY=VALUE`` -> ``(key, parse_value(VALUE))``; an argparse ``type``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, parse_value(value)

@@ -31,21 +31,10 @@ Wiring into a parser: ``add_cli_arguments(subparsers)`` adds both sub-commands w
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 
+from .config import parse_option
 from .dataset import DatasetRunError, attribute_dataset, merge
-
-
-def _option(text: str) -> tuple:
-    """``KEY=VALUE`` -> (key, Python literal or string)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def run_attribute_dataset(args) -> int:
@@ -79,7 +68,7 @@ def add_cli_arguments(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="pre-mask seed (default 0)")
     p.add_argument("--chunk-size", type=int, default=128, help="images per chunk file (default 128)")
     p.add_argument("--max-chunks", type=int, default=None, help="stop after N chunks per process")
-    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="further sas_fast.attribute option, e.g. window=7 (repeatable)")
     p.set_defaults(func=run_attribute_dataset)
     m = subparsers.add_parser("merge", help="assemble a finished attribute-dataset folder into one npz")

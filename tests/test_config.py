@@ -21,3 +21,14 @@ def test_unknown_option_and_even_window_raise():
         make_config(widow=5)
     with pytest.raises(ValueError, match="odd"):
         make_config(window=4)
+
+
+def test_parse_option_reads_literals_and_keeps_strings():
+    import argparse
+
+    from sas_fast.config import parse_option
+    assert parse_option("window=5") == ("window", 5)
+    assert parse_option("max_blur=2.0") == ("max_blur", 2.0)
+    assert parse_option("mode=insertion") == ("mode", "insertion")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_option("window")
