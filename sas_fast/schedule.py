@@ -90,8 +90,8 @@ class Objective:
 
 @dataclass
 class StepResult:
-    """What one step reports: per-image loss ``[B]``, scores ``{mode: B x (K-2)}`` of the
-    inner masks (detached), and the solved thresholds ``B x (K-2)`` for the warm start."""
+    """What one step reports: per-image loss ``[B]``, scores ``{mode: B x K'}`` of the
+    evaluated masks (detached), and the solved thresholds ``B x K'`` for the warm start."""
 
     loss: torch.Tensor
     scores: dict
@@ -99,11 +99,13 @@ class StepResult:
 
 
 def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
-             config: SaSConfig, thresholds: torch.Tensor | None) -> StepResult:
+             config: SaSConfig, thresholds: torch.Tensor | None,
+             areas: torch.Tensor | None = None) -> StepResult:
     """Forward and backward of one step; accumulates ``d loss / d premask`` into ``premask.grad``.
 
-    ``premask`` ``B x 1 x (H+2r) x (W+2r)``, ``pyramid`` ``B x L x C x H x W``. Only the K - 2
-    inner masks are evaluated: the fully-OFF and fully-ON masks add constants (SPEC 2.8).
+    ``premask`` ``B x 1 x (H+2r) x (W+2r)``, ``pyramid`` ``B x L x C x H x W``, ``areas`` ``[K']``
+    the mask areas evaluated this step (default: the K - 2 inner areas ``k / (K - 1)``; the
+    fully-OFF and fully-ON masks add constants, SPEC 2.8), ``thresholds`` ``B x K'`` or None.
     The masked images go through the model in micro-batches of at most ``config.max_batch``;
     their input gradients are accumulated and then pushed back through the mask pipeline once,
     so the result does not depend on ``max_batch``. Loss (eq. 7): insertion ``-sum_k z_k``,
@@ -112,7 +114,8 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     """
     backend = config.backend
     b = premask.shape[0]
-    areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
+    if areas is None:
+        areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
     schedule = ops.smooth_softmax_pool(premask, config.window, config.beta, backend=backend)
     masks, thresholds = ops.threshold_masks(
         schedule, areas, config.sharpness, thresholds, config.implicit_grad, backend=backend,
