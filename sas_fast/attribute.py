@@ -28,13 +28,21 @@ class SaSTrace:
 
     ``areas`` ``[K]``; ``iterations`` the T recorded iterations; ``scores`` ``{mode: T x B x K}``,
     the score of every mask (class logit, or feature distance) at those iterations, before
-    that iteration's update (the OFF and ON ends are constant); ``loss`` ``iterations x B``.
+    that iteration's update (the OFF and ON ends are constant; with ``area_samples`` the masks
+    not evaluated at that iteration are NaN); ``saliency`` ``T x B x H x W``, the normalised
+    schedule at those iterations, before their update (so at iteration i: the map after i
+    Adam steps); ``loss`` ``iterations x B`` (with ``area_samples``: the unbiased estimate
+    of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
+    the model image-passes spent on each image (forward + input-gradient backward of one
+    masked image = 1; the one forward pass of the clean image is not counted).
     """
 
     areas: torch.Tensor
     iterations: list
     scores: dict
+    saliency: torch.Tensor
     loss: torch.Tensor
+    passes: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -164,34 +172,47 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         points = set(_trace_points(config)) if return_trace else set()
         ends = _end_scores(objective, pyramid, modes) if return_trace else None
         recorded = {m: [] for m in modes}
+        snapshots = []
         losses = torch.empty(config.iterations, b, device=images.device)
         bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                    disable=None if progress is None else not progress)
         for it in bar:
+            if it in points:
+                snapshots.append(_saliency(premask, config))
             step = iteration()
             losses[it].copy_(step.loss)
             if it in points:
                 for m in modes:
-                    recorded[m].append(torch.cat([ends[m][:, :1], step.scores[m], ends[m][:, 1:]], 1))
-
-        with torch.no_grad():
-            schedule = ops.smooth_softmax_pool(premask, config.window, config.beta,
-                                               backend=config.backend).squeeze(1)
-    lo = schedule.amin(dim=(1, 2), keepdim=True)
-    span = schedule.amax(dim=(1, 2), keepdim=True) - lo
-    saliency = torch.where(span > 0, (schedule - lo) / span.clamp_min(1e-30), torch.zeros_like(schedule))
-    saliency = saliency.float()
+                    inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
+                    inner[:, iteration.index.to(images.device)] = step.scores[m]
+                    recorded[m].append(torch.cat([ends[m][:, :1], inner, ends[m][:, 1:]], 1))
+        saliency = _saliency(premask, config)
     if not return_trace:
         return saliency
+    passes = torch.full((b,), config.iterations * config.passes_per_iteration(), dtype=torch.long)
     trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(points),
-                     scores={m: torch.stack(v) for m, v in recorded.items()}, loss=losses)
+                     scores={m: torch.stack(v) for m, v in recorded.items()},
+                     saliency=torch.stack(snapshots), loss=losses * iteration.sampler.weight,
+                     passes=passes)
     return saliency, trace
 
 
-def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str = "both",
-              num_masks: int = 20, iterations: int = 200, layer=None, seed: int = 0,
-              backend: str = "auto", preset: str = "default", return_trace: bool = False,
-              progress: bool | None = None, additional_forward_args=None, **options):
+def _saliency(premask: torch.Tensor, config: SaSConfig) -> torch.Tensor:
+    """The schedule of ``premask``, min-max normalised per image (paper eq. 8): ``B x H x W`` float32."""
+    with torch.no_grad():
+        schedule = ops.smooth_softmax_pool(premask, config.window, config.beta,
+                                           backend=config.backend).squeeze(1)
+    lo = schedule.amin(dim=(1, 2), keepdim=True)
+    span = schedule.amax(dim=(1, 2), keepdim=True) - lo
+    saliency = torch.where(span > 0, (schedule - lo) / span.clamp_min(1e-30), torch.zeros_like(schedule))
+    return saliency.float()
+
+
+def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str | None = None,
+              num_masks: int | None = None, iterations: int | None = None, layer=None,
+              seed: int | None = None, backend: str | None = None, preset: str = "default",
+              return_trace: bool = False, progress: bool | None = None,
+              additional_forward_args=None, **options):
     """Saliency as a Schedule for a batch of images.
 
     Args:
@@ -203,13 +224,16 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         mode: loss of paper eq. 7: ``"insertion"``, ``"deletion"`` or ``"both"``.
         num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
         iterations: Adam steps on the pre-mask.
+            ``mode``, ``num_masks``, ``iterations``, ``seed``, ``backend`` and ``**options`` left
+            out (None) take the preset's value.
         layer: an ``nn.Module`` inside ``model`` (or its name): feature saliency (paper eq. 9),
             ``sum_k ||f^l(x) - f^l(Mask(x, m_k))||^2`` minimised on insertion images
             (maximised on deletion images); ``target`` is then ignored.
         seed: seed of the N(0, 1) pre-mask init (the same for every image of the batch, so an
             image's result does not depend on its batch-mates).
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cpp"`` (see :mod:`sas_fast.ops`).
-        preset: a name in :data:`sas_fast.config.PRESETS` that the options override.
+        preset: a name in :data:`sas_fast.config.PRESETS` (or a ``SaSConfig``) whose settings
+            the arguments given override.
         return_trace: also return a :class:`SaSTrace` (figure-3 score profiles).
         progress: show a progress bar (None: only on a terminal).
         additional_forward_args: extra positional arguments of ``model``; tensors whose first
@@ -222,8 +246,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,
         paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
     """
-    config = make_config(preset, mode=mode, num_masks=num_masks, iterations=iterations,
-                         seed=seed, backend=backend, **options)
+    given = dict(mode=mode, num_masks=num_masks, iterations=iterations, seed=seed, backend=backend)
+    config = make_config(preset, **{k: v for k, v in given.items() if v is not None}, **options)
     return run_sas(model, images, target, layer=layer, config=config, return_trace=return_trace,
                    progress=progress, additional_forward_args=additional_forward_args)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 MODES = ("insertion", "deletion", "both")
 PRECISIONS = ("fp32", "bf16")
+LR_DECAYS = ("none", "cosine")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class SaSConfig:
     num_masks: int = 20           # K masks, areas k / (K - 1), k = 0..K-1 (paper: 20; proto: OFF..ON)
     iterations: int = 200         # optimisation steps (paper: 200 at 32 px, 800 on ImageNet)
     lr: float = 0.05              # Adam learning rate on the pre-mask (ours; proto used SGD, lr unpublished)
+    lr_decay: str = "none"        # none | cosine: lr (1 + cos(pi i / iterations)) / 2 at iteration i (ours)
+    area_samples: int | None = None  # inner areas evaluated per iteration, stratified (None: all K - 2) (ours)
     window: int | None = None     # smoothing / soft-max-pool window ws, odd (proto: 41 at 224 px)
     beta: float = 1.0             # soft-max-pool inverse temperature (proto)
     sharpness: float = 20.0       # s in m = sigmoid(s (schedule - t)) (proto)
@@ -54,6 +57,12 @@ class SaSConfig:
         max_blur = self.max_blur if self.max_blur is not None else 20.0 * size / 224
         return dataclasses.replace(self, window=window, max_blur=max_blur)
 
+    def passes_per_iteration(self) -> int:
+        """Model image-passes per explained image per iteration (forward + input-gradient backward
+        of one masked image = 1): one per evaluated inner area and mode."""
+        modes = 2 if self.mode == "both" else 1
+        return modes * (self.area_samples or self.num_masks - 2)
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range setting."""
         if self.mode not in MODES:
@@ -70,6 +79,13 @@ class SaSConfig:
         for name in ("lr", "beta", "sharpness", "threshold_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {LR_DECAYS}")
+        inner = self.num_masks - 2
+        if self.area_samples is not None and (self.area_samples < 1 or inner % self.area_samples):
+            divisors = [d for d in range(1, inner + 1) if inner % d == 0]
+            raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
+                             f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.levels < 2:

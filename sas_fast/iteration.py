@@ -1,4 +1,6 @@
-"""One SaS iteration: zero the gradient, :func:`~sas_fast.schedule.sas_step`, Adam step, keep the
+"""One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
+gradient, :func:`~sas_fast.schedule.sas_step`, Adam step (learning rate ``config.lr``, with
+``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i), keep the
 thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
 With ``config.cuda_graph`` the first :data:`WARMUP` iterations run eagerly on a side stream
@@ -11,10 +13,13 @@ branches); every iteration has the same shapes, so one capture serves the whole 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import SaSConfig
-from .schedule import Objective, StepResult, sas_step
+from .sampling import AreaSampler
+from .schedule import Objective, StepResult, mask_areas, sas_step
 
 #: eager iterations before the capture (PyTorch's CUDA-graph notes ask for a few on a side stream)
 WARMUP = 3
@@ -25,7 +30,8 @@ class IterationRunner:
     that requires grad) and returns its :class:`StepResult`.
 
     Under ``config.cuda_graph`` the result after the warm-up lives in the graph's static
-    buffers and is overwritten by the next call: copy what you keep.
+    buffers and is overwritten by the next call: copy what you keep. ``index`` holds the
+    indices (into the K - 2 inner areas) of the areas the last call evaluated.
     """
 
     def __init__(self, premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
@@ -33,9 +39,20 @@ class IterationRunner:
         if config.cuda_graph and (not premask.is_cuda or config.backend != "triton"):
             raise ValueError(f"cuda_graph=True needs CUDA images and backend 'triton', got device "
                              f"{premask.device.type!r} and backend {config.backend!r}")
+        if config.cuda_graph and (config.area_samples is not None or config.lr_decay != "none"):
+            raise ValueError("cuda_graph=True replays one fixed iteration: it needs area_samples=None and "
+                             f"lr_decay='none', got {config.area_samples} and {config.lr_decay!r}")
         self.premask, self.pyramid, self.objective, self.config = premask, pyramid, objective, config
         self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph)
-        self.thresholds = None
+        self.decay = None
+        if config.lr_decay == "cosine":
+            self.decay = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iterations)))
+        self.sampler = AreaSampler(config)
+        self.inner_areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
+        self.index = None
+        self.seen = torch.zeros(self.sampler.inner, dtype=torch.bool)   # areas solved before (host)
+        self.thresholds = None                                           # B x (K - 2) warm starts
         self.calls = 0
         self.graph = self.static = None
         # warm-up and capture on one side stream: cuBLAS / cuDNN set up their per-stream state
@@ -62,10 +79,24 @@ class IterationRunner:
         return self.static
 
     def _eager(self) -> StepResult:
+        self.index = self.sampler()
+        if self.index.numel() == self.sampler.inner:        # every area: no gather, no scatter
+            areas, warm = None, self.thresholds
+        else:
+            areas = self.inner_areas[self.index.to(self.inner_areas.device)]
+            warm = self.thresholds[:, self.index] if bool(self.seen[self.index].all()) else None
         self.optimizer.zero_grad(set_to_none=True)
-        result = sas_step(self.premask, self.pyramid, self.objective, self.config, self.thresholds)
+        result = sas_step(self.premask, self.pyramid, self.objective, self.config, warm, areas)
         self.optimizer.step()
-        self.thresholds = result.thresholds
+        if self.decay is not None:
+            self.decay.step()
+        if areas is None:
+            self.thresholds = result.thresholds
+        else:
+            if self.thresholds is None:
+                self.thresholds = result.thresholds.new_zeros(result.thresholds.shape[0], self.sampler.inner)
+            self.thresholds[:, self.index] = result.thresholds
+            self.seen[self.index] = True
         return result
 
     def _capture(self) -> None:

@@ -27,7 +27,8 @@ def test_figures_are_written(tmp_path):
                      target=torch.zeros(3, dtype=torch.long))
     viz.plot_game_curves({"a": res}, tmp_path / "curves.png")
     trace = SaSTrace(areas=torch.linspace(0, 1, 5), iterations=[0, 9],
-                     scores={"insertion": torch.rand(2, 1, 5)}, loss=torch.zeros(10, 1))
+                     scores={"insertion": torch.rand(2, 1, 5)}, saliency=torch.rand(2, 1, 8, 8),
+                     loss=torch.zeros(10, 1), passes=torch.full((1,), 30))
     viz.plot_score_profiles(trace, tmp_path / "profiles.png")
     viz.attribution_grid([np.random.rand(16, 20, 3)], [[torch.rand(16, 20), torch.rand(4, 5)]],
                          ["x", "y"], tmp_path / "grid.png")

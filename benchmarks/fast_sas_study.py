@@ -1,0 +1,166 @@
+"""Quality per model image-pass: ways to spend fewer passes than the default for the same Overall.
+
+    python benchmarks/fast_sas_study.py --dataset cifar10 --arch resnet8 --split calibration --n 16 \
+        --methods cut@1800,cosine@1800,K6@1800,sample9@1800,sample3@1800,sample3-cosine@1800
+    python benchmarks/fast_sas_study.py --dataset cifar10 --arch resnet8 --split evaluation --n 64 \
+        --methods default,sample3@1800,sample3@900,sample3@450
+
+A method is ``FAMILY@PASSES``: the family's SaS options (:data:`FAMILIES`) with as many iterations
+as fit in PASSES model image-passes per image (forward + input-gradient backward of one masked
+image = 1; ``SaSConfig.passes_per_iteration``). ``default`` is the 200-iteration default; its
+maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default cut short at
+432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost.
+
+Calibration images are test indices = 1 mod 10 (``calibrate_sas.calibration_indices``),
+evaluation images the others (as ``reproduce_table2.py``). Every method runs on the same images;
+per-image Overall (SPEC section 5) goes to ``<out>/fast_<split>_<dataset>_<arch>.json`` after
+every method (a rerun skips the methods already there) and a markdown table with the paired
+differences against ``--reference`` and against the default cut short at equal passes to ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sas_fast
+from sas_fast.config import make_config
+from sas_fast.evaluate import GameResult, deletion_game
+from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibrate_sas import calibration_indices  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+#: the candidates of the study, fixed before any result came in (benchmarks/RESULTS.md)
+FAMILIES = {
+    "cut": {},                                                  # the default schedule, cut short
+    "cosine": {"lr": 0.1, "lr_decay": "cosine"},                # larger lr, cosine decay
+    "K6": {"num_masks": 6},                                     # 4 inner areas, more iterations
+    "sample9": {"area_samples": 9},                             # 9 of 18 areas per iteration
+    "sample3": {"area_samples": 3},                             # 3 of 18 areas per iteration
+    "sample3-cosine": {"area_samples": 3, "lr": 0.1, "lr_decay": "cosine"},
+}
+DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
+
+
+def method_options(name: str) -> dict:
+    """SaS options of ``FAMILY@PASSES`` (or ``default``), with ``iterations`` filled in."""
+    if name == "default":
+        return {}
+    family, _, passes = name.partition("@")
+    if family not in FAMILIES or not passes.isdigit():
+        raise SystemExit(f"unknown method {name!r}: use default or FAMILY@PASSES, FAMILY in {list(FAMILIES)}")
+    options = dict(FAMILIES[family])
+    options["iterations"] = int(passes) // make_config(**options).passes_per_iteration()
+    return options
+
+
+def run(name, model, images, labels, batch, precision) -> dict:
+    """``{method: (maps N x H x W, passes per image)}``: the method, and for ``default`` its cuts."""
+    options = method_options(name)
+    trace_iterations = DEFAULT_CUTS if name == "default" else ()
+    maps, snaps, passes = [], [], None
+    for start in range(0, len(images), batch):
+        sal, trace = sas_fast.attribute(model, images[start:start + batch], labels[start:start + batch],
+                                        precision=precision, return_trace=True, progress=False,
+                                        trace_iterations=trace_iterations, **options)
+        maps.append(sal)
+        snaps.append(trace.saliency)
+        passes = int(trace.passes[0])
+    out = {name: (torch.cat(maps), passes)}
+    if name == "default":
+        per_iteration = make_config().passes_per_iteration()
+        snaps = torch.cat(snaps, dim=1)
+        for i, it in enumerate(DEFAULT_CUTS):
+            out[f"cut@{it * per_iteration}"] = (snaps[i], it * per_iteration)
+    return out
+
+
+def paired(a: list, b: list) -> str:
+    d = np.asarray(a) - np.asarray(b)
+    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f} ({int((d > 0).sum())}/{d.size})"
+
+
+def markdown(data: dict, reference: str) -> str:
+    results = data["results"]
+    cuts = {r["passes"]: r for k, r in results.items() if k.startswith("cut@") or k == "default"}
+    lines = [data["header"], "",
+             f"| method | passes / image | Overall ± se | paired Δ vs {reference} (wins) "
+             "| paired Δ vs default cut at equal passes | s / image |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in sorted(results.items(), key=lambda kv: (kv[1]["passes"], kv[0])):
+        o = np.asarray(r["overall"])
+        ref = results.get(reference)
+        vs_ref = paired(o, ref["overall"]) if ref is not None and name != reference else "-"
+        cut = cuts.get(r["passes"])
+        vs_cut = paired(o, cut["overall"]) if cut is not None and cut is not r else "-"
+        secs = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "(from default)"
+        lines.append(f"| {name} | {r['passes']} | {o.mean():.3f} ± {o.std(ddof=1) / np.sqrt(o.size):.3f} "
+                     f"| {vs_ref} | {vs_cut} | {secs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=["mnist", "cifar10"], default="cifar10")
+    ap.add_argument("--arch", choices=["resnet8", "vgg16"], default="resnet8")
+    ap.add_argument("--split", choices=["calibration", "evaluation"], default="calibration")
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--methods", default="default,sample3@1800")
+    ap.add_argument("--reference", default=None, help="method the paired Δ is taken against "
+                    "(default: 'default' if run, else cut@1800)")
+    ap.add_argument("--batch", type=int, default=16, help="images per attribute call")
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in names:
+        method_options(name)
+
+    model = load_paper_model(args.arch, args.dataset, args.shared / "models")
+    with np.load(args.shared / "data" / args.dataset / "test.npz") as archive:
+        labels_all = archive["labels"]
+    indices = (calibration_indices(labels_all, args.n) if args.split == "calibration"
+               else stratified_indices(labels_all, args.n, exclude_mod=(10, 1)))
+    images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
+    path = args.out / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {"indices": indices.tolist(), "results": {}}
+    if data["indices"] != indices.tolist():
+        raise SystemExit(f"{path} holds other images; use another --out or the same --n")
+    data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(images)}, SaS model "
+                      f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
+                      f"{torch.get_num_threads()} threads)")
+    for name in names:
+        if name in data["results"]:
+            continue
+        start = time.perf_counter()
+        outputs = run(name, model, images, labels, args.batch, args.precision)
+        seconds = (time.perf_counter() - start) / len(images)
+        for key, (maps, passes) in outputs.items():
+            res: GameResult = deletion_game(model, images, maps, labels)
+            data["results"][key] = {"passes": passes, "overall": res.per_image_overall.tolist(),
+                                    "ins": res.ins, "dele": res.dele,
+                                    "seconds": seconds if key == name else None}
+            print(f"{key:22s} passes {passes:5d}  Overall {res.overall:.3f} ± {res.overall_se:.3f}  "
+                  f"({seconds:.1f} s/image)", flush=True)
+        path.write_text(json.dumps(data, indent=1))
+    reference = args.reference or ("default" if "default" in data["results"] else "cut@1800")
+    table = markdown(data, reference)
+    path.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
