@@ -18,7 +18,7 @@ FINITE_CHECK_EVERY = 25
 
 
 def is_int(value) -> bool:
-    """An integer that is not a bool (Python or NumPy)."""
+    """A Python or NumPy integer that is not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -152,8 +152,9 @@ class FiniteWatch:
             self.check()
 
     def check(self) -> None:
-        first = dict(zip(self.first, torch.stack(list(self.first.values())).tolist()))
-        it, name = min((v, k) for k, v in first.items())
+        first = torch.stack(list(self.first.values())).tolist()
+        it = min(first)
+        name = list(self.first)[first.index(it)]     # the modes in run order, then the pre-mask
         if it >= self.iterations:
             return
         if name == "pre-mask":

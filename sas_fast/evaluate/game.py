@@ -133,7 +133,8 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
     check_images(images)
     b, c, h, w = images.shape
     if not isinstance(saliency, torch.Tensor) or saliency.dim() < 1 or saliency.shape[0] != b:
-        raise ValueError(f"saliency must be a tensor of {b} maps, got {tuple(getattr(saliency, 'shape', ()))}")
+        raise ValueError(f"saliency must be a tensor of {b} maps, got "
+                         f"{tuple(getattr(saliency, 'shape', ()))}")
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not (is_real(noise) and noise >= 0):
@@ -148,7 +149,8 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
     jobs = [(i, mode, r) for i in range(b) for mode in (0, 1) for r in range(len(counts))]
     scores = torch.zeros(b, 2, len(counts), dtype=torch.float64)
     with guarded_model(model), torch.no_grad():
-        logits = torch.cat([model_logits(model, images[s:s + batch_size]) for s in range(0, b, batch_size)])
+        logits = torch.cat([model_logits(model, images[s:s + batch_size])
+                            for s in range(0, b, batch_size)])
         target = resolve_target(target, logits)
         for s in range(0, len(jobs), batch_size):
             chunk = jobs[s:s + batch_size]

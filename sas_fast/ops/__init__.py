@@ -97,9 +97,11 @@ def _check_float(name: str, x: torch.Tensor, ndim: int, like: tuple | None = Non
                          "put both on one device")
 
 
-def _check_int(name: str, value, low: int, odd: bool = False):
+def _check_int(name: str, value, low: int, odd: bool = False) -> int:
+    """``value`` as a Python int, checked to be an (odd) integer >= ``low``."""
     if not is_int(value) or value < low or (odd and value % 2 == 0):
         raise ValueError(f"{name} must be {'an odd' if odd else 'an'} integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _check_real(name: str, value, low: float, strict: bool):
@@ -121,7 +123,7 @@ def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
     ``out_i = sum_{j in N(i)} softmax(beta x)_j x_j`` over the reflection-padded window.
     """
     _check_float("premask", premask, 4)
-    _check_int("window", window, 1, odd=True)
+    window = _check_int("window", window, 1, odd=True)
     _check_real("beta", beta, 0, strict=True)
     h, w = premask.shape[-2] - 2 * (window // 2), premask.shape[-1] - 2 * (window // 2)
     if premask.shape[1] != 1 or min(h, w) < window:
@@ -147,7 +149,7 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
         raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
     _check_real("sharpness", sharpness, 0, strict=True)
     _check_real("tol", tol, 0, strict=True)
-    _check_int("max_iter", max_iter, 1)
+    max_iter = _check_int("max_iter", max_iter, 1)
     if not isinstance(implicit_grad, bool):
         raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
@@ -167,7 +169,7 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
     """``B x C x H x W -> B x L x C x H x W``: level l blurred with sigma ``max_blur (1 - l/(L-1))``
     (level 0 most blurred, level L - 1 the image). No gradient."""
     _check_float("images", images, 4)
-    _check_int("levels", levels, 2)
+    levels = _check_int("levels", levels, 2)
     _check_real("max_blur", max_blur, 0, strict=False)
     return _impl("blur_pyramid", backend, images.device, images.dtype)(images, levels, max_blur)
 
