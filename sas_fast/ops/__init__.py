@@ -105,13 +105,15 @@ def _check_int(name: str, value, low: int, odd: bool = False) -> int:
 
 
 def _check_real(name: str, value, low: float, strict: bool):
+    """``value`` a finite real number ``> low`` (``strict``) or ``>= low``."""
     if not (is_real(value) and (value > low if strict else value >= low)):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
 
 
-def _capturing(x: torch.Tensor) -> bool:
-    """A CUDA graph is being captured on ``x``'s device (no host sync allowed)."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+def _readable(x: torch.Tensor) -> bool:
+    """``x``'s values can be checked: it holds data (not ``meta``) and no CUDA graph is being
+    captured on its device (no host sync allowed then)."""
+    return x.device.type != "meta" and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
@@ -121,6 +123,7 @@ def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
     ``premask`` ``B x 1 x (H+2r) x (W+2r)`` -> ``B x 1 x H x W``, r = window // 2. Smooth is a
     valid Gaussian convolution (sigma = (window - 1) / 4); SoftMaxPool is
     ``out_i = sum_{j in N(i)} softmax(beta x)_j x_j`` over the reflection-padded window.
+    ``window``: an odd integer >= 1; ``beta``: a finite number > 0.
     """
     _check_float("premask", premask, 4)
     window = _check_int("window", window, 1, odd=True)
@@ -142,7 +145,7 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     Levenberg-Marquardt solve (warm-started from ``thresholds_init`` ``B x K`` if given);
     areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
     the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
-    held fixed.
+    held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 1.
     """
     _check_float("schedule", schedule, 4)
     if schedule.shape[1] != 1:
@@ -153,7 +156,7 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     if not isinstance(implicit_grad, bool):
         raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
-    if areas.numel() < 1 or (not _capturing(areas) and not bool(((areas >= 0) & (areas <= 1)).all())):
+    if areas.numel() < 1 or (_readable(areas) and not bool(((areas >= 0) & (areas <= 1)).all())):
         raise ValueError(f"areas must be a non-empty list of values in [0, 1], got {areas.tolist()}")
     if thresholds_init is not None:
         _check_float("thresholds_init", thresholds_init, 2, like=("schedule", schedule))
@@ -167,7 +170,8 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
 def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
                  backend: str = "auto") -> torch.Tensor:
     """``B x C x H x W -> B x L x C x H x W``: level l blurred with sigma ``max_blur (1 - l/(L-1))``
-    (level 0 most blurred, level L - 1 the image). No gradient."""
+    (level 0 most blurred, level L - 1 the image). No gradient. ``levels``: an integer >= 2;
+    ``max_blur``: a finite number >= 0."""
     _check_float("images", images, 4)
     levels = _check_int("levels", levels, 2)
     _check_real("max_blur", max_blur, 0, strict=False)
@@ -177,13 +181,14 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
 def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Masked images ``B x K x C x H x W`` from a pyramid ``B x L x C x H x W`` and masks
     ``B x K x H x W`` in [0, 1]: linear interpolation between the two pyramid levels around
-    ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images."""
+    ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images. The mask
+    values are checked (a host sync; skipped while a CUDA graph is captured)."""
     _check_float("pyramid", pyramid, 5)
     _check_float("masks", masks, 4, like=("pyramid", pyramid))
     b, _, _, h, w = pyramid.shape
     if masks.shape[0] != b or tuple(masks.shape[-2:]) != (h, w):
         raise ValueError(f"masks {tuple(masks.shape)} do not match pyramid {tuple(pyramid.shape)}")
-    if masks.numel() and masks.device.type != "meta" and not _capturing(masks):
+    if masks.numel() and _readable(masks):
         lo, hi = torch.aminmax(masks.detach())
         if not bool((lo >= 0) & (hi <= 1)):
             raise ValueError(f"masks must lie in [0, 1], got values in [{float(lo):g}, {float(hi):g}]")
