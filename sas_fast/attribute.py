@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops
+from .checks import FiniteWatch, check_images, model_logits, resolve_target
 from .config import SaSConfig, make_config
 from .iteration import IterationRunner
 from .schedule import Objective, mask_areas, mode_names
@@ -63,42 +64,6 @@ def guarded_model(model: nn.Module):
             p.requires_grad_(f)
 
 
-def _check_images(images, window: int) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be 4-D (B x C x H x W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point, got {images.dtype}")
-    if images.shape[0] < 1:
-        raise ValueError("images is an empty batch")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("images contain NaN or Inf")
-    if min(images.shape[-2:]) < window:
-        raise ValueError(f"images are {images.shape[-2]} x {images.shape[-1]}, smaller than the "
-                         f"window {window}; pass a smaller window=")
-
-
-def _resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
-    """LongTensor[B] from int / list / tensor / None (top-1 of ``logits``), range-checked."""
-    b, classes = logits.shape[0], logits.shape[-1]
-    if target is None:
-        return logits.argmax(dim=-1)
-    if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.is_floating_point()):
-        raise ValueError(f"target must be integer class indices, got {target!r}")
-    t = torch.as_tensor(target)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"target must be integer class indices, got dtype {t.dtype}")
-    t = t.to(torch.long).flatten().to(logits.device)
-    if t.numel() == 1:
-        t = t.expand(b)
-    if t.numel() != b:
-        raise ValueError(f"target has {t.numel()} entries for a batch of {b} images")
-    if bool(((t < 0) | (t >= classes)).any()):
-        raise ValueError(f"target {t.tolist()} out of range for a model with {classes} classes")
-    return t.clone()
-
-
 def _resolve_layer(model: nn.Module, layer):
     if layer is None:
         return None
@@ -143,7 +108,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     config.validate()
     if images.dim() == 4:
         config = config.resolved(*images.shape[-2:])
-    _check_images(images, config.window or 3)
+    check_images(images, config.window or 3)
     config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device))
     layer = _resolve_layer(model, layer)
     args = additional_forward_args
@@ -156,8 +121,8 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
 
     with guarded_model(model), torch.enable_grad():
         with torch.no_grad():
-            logits = model(images, *args)
-        target = _resolve_target(target, logits)
+            logits = model_logits(model, images, args, classifier=layer is None)
+        target = resolve_target(target, logits) if layer is None else None
         objective = Objective(model, images, target, layer, args)
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32   # of the masks
         pyramid = ops.blur_pyramid(images.to(dtype), config.levels, config.max_blur, backend=config.backend)
@@ -174,6 +139,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         recorded = {m: [] for m in modes}
         snapshots = []
         losses = torch.empty(config.iterations, b, device=images.device)
+        watch = FiniteWatch(modes, config.iterations, images.device)
         bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                    disable=None if progress is None else not progress)
         for it in bar:
@@ -181,6 +147,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
                 snapshots.append(_saliency(premask, config))
             step = iteration()
             losses[it].copy_(step.loss)
+            watch.update(it, step.scores, premask)
             if it in points:
                 for m in modes:
                     inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
@@ -220,7 +187,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         images: ``B x C x H x W`` floating point, normalised as the model expects; any H, W
             at least the smoothing window. The schedule and masks are computed in float64 for
             float64 images, in float32 otherwise.
-        target: class per image: int, list, or LongTensor[B]; None = the model's top-1 class.
+        target: class per image: an int (every image), a list of B ints, or a LongTensor of B
+            (or one) entries; None = the model's top-1 class.
         mode: loss of paper eq. 7: ``"insertion"``, ``"deletion"`` or ``"both"``.
         num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
         iterations: Adam steps on the pre-mask.

@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribute import _resolve_layer, _resolve_target, guarded_model
+from .attribute import _resolve_layer, guarded_model
+from .checks import check_images, model_logits, resolve_target
 from .models.cifar import Residual
 
 
 def _run(model: nn.Module, images: torch.Tensor, target, explain):
     """Resolve ``target`` and call ``explain(images, target)`` under the model guard, grads on."""
+    check_images(images)
     with guarded_model(model), torch.enable_grad():
         with torch.no_grad():
-            target = _resolve_target(target, model(images.detach()))
+            target = resolve_target(target, model_logits(model, images.detach()))
         x = images.detach().clone().requires_grad_(True)
         return explain(x, target).detach().float()
 

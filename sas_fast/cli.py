@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_writable
 from .dataset_run import add_cli_arguments as add_dataset_commands
+from .dataset_run import run_command
 
 #: ``explain --demo``: 80 iterations with a bf16 model, about two minutes on a 2-core CPU
 #: (benchmarks/RESULTS.md).
@@ -31,39 +33,55 @@ def _load_photo(path: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as err:
-        raise SystemExit(f"sas-fast: cannot read image {path!r}: {err}") from err
+        raise ValueError(f"cannot read image {path!r}: {err}") from err
 
 
 def _out_paths(names: list, out: str | None) -> list:
+    """The overlay PNG of each photo, checked to be writable (before any work is done)."""
     if out is None:
-        return [Path(f"{Path(n).stem}_sas.png") for n in names]
-    if len(names) == 1 and out.lower().endswith(".png"):
-        return [Path(out)]
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return [Path(out) / f"{Path(n).stem}_sas.png" for n in names]
+        paths = [Path(f"{Path(n).stem}_sas.png") for n in names]
+    elif len(names) == 1 and out.lower().endswith(".png"):
+        paths = [Path(out)]
+    else:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot create output folder {out}: {err.strerror or err}") from err
+        paths = [Path(out) / f"{Path(n).stem}_sas.png" for n in names]
+    return [check_writable(p) for p in paths]
 
 
 def _model(name: str):
     from .models import efficientnet_lite0, preprocess_imagenet
 
     if name != "efficientnet-lite0":
-        raise SystemExit(f"sas-fast: unknown model {name!r} (available: efficientnet-lite0)")
+        raise ValueError(f"unknown model {name!r} (available: efficientnet-lite0)")
     return efficientnet_lite0(), preprocess_imagenet
+
+
+def _names(args) -> list:
+    """The photo names of --demo or IMAGE..., after checking --iterations."""
+    if args.iterations is not None and args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.demo:
+        return [f"{DEMO_PHOTO}.png"]
+    if not args.images:
+        raise ValueError(f"{args.command}: give IMAGE paths or --demo")
+    return list(args.images)
 
 
 def _inputs(args):
     """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations, precision)
     for --demo or IMAGE..."""
+    names = _names(args)
     if args.demo:
         import skimage.data
 
-        names, photos = [f"{DEMO_PHOTO}.png"], [getattr(skimage.data, DEMO_PHOTO)()]
-        iterations = args.iterations or DEMO_ITERATIONS
-    elif args.images:
-        names, photos = args.images, [_load_photo(p) for p in args.images]
-        iterations = args.iterations or 200
+        photos = [getattr(skimage.data, DEMO_PHOTO)()]
+        iterations = args.iterations if args.iterations is not None else DEMO_ITERATIONS
     else:
-        raise SystemExit(f"sas-fast {args.command}: give IMAGE paths or --demo")
+        photos = [_load_photo(p) for p in names]
+        iterations = args.iterations if args.iterations is not None else 200
     model, preprocess = _model(args.model)
     images = torch.cat([preprocess(p)[0] for p in photos])
     with torch.no_grad():
@@ -77,11 +95,12 @@ def explain(args) -> int:
     from . import attribute
     from .viz import overlay, save_png
 
+    paths = _out_paths(_names(args), args.out)
     names, photos, model, images, probs, iterations, precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     layer = args.layer
     if layer is not None and layer not in dict(model.named_modules()):
-        raise SystemExit(f"sas-fast: model has no layer {layer!r}; try one of "
+        raise ValueError(f"model has no layer {layer!r}; try one of "
                          f"{[n for n, _ in model.named_modules() if n][:12]}")
     what = f"layer {layer}" if layer else "class"
     print(f"SaS ({what} saliency): {len(photos)} image(s), {iterations} iterations, "
@@ -91,7 +110,7 @@ def explain(args) -> int:
                          backend=args.backend, precision=precision, progress=True)
     seconds = time.perf_counter() - start
     targets = torch.as_tensor(target).expand(len(photos))
-    for i, (name, path) in enumerate(zip(names, _out_paths(names, args.out))):
+    for i, (name, path) in enumerate(zip(names, paths)):
         save_png(path, overlay(photos[i], saliency[i]))
         t = int(targets[i])
         print(f"{name}: class {t} (p = {float(probs[i, t]):.3f}) -> {path}")
@@ -104,6 +123,8 @@ def compare(args) -> int:
     from . import attribute, baselines
     from .viz import attribution_grid
 
+    _names(args)
+    out = check_writable(args.out or "compare.png")
     names, photos, model, images, probs, iterations, precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     methods = {
@@ -123,7 +144,6 @@ def compare(args) -> int:
         print(f"{name}: {time.perf_counter() - start:.1f} s")
     shown = [np.asarray(photo, dtype=np.float32) / 255 for photo in photos]
     rows = [[maps[m][i] / maps[m][i].max().clamp_min(1e-12) for m in maps] for i in range(len(photos))]
-    out = Path(args.out or "compare.png")
     attribution_grid(shown, rows, list(maps), out, row_titles=[Path(n).stem for n in names])
     print(f"SaS with {iterations} iterations; grid -> {out}")
     return 0
@@ -160,12 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:
-        print(f"sas-fast: {err}", file=sys.stderr)
-        return 2
+    """Run the command; a bad input is one line ``sas-fast: ...`` on stderr, exit status 2."""
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

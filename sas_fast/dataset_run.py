@@ -37,11 +37,20 @@ from .config import parse_option
 from .dataset import DatasetRunError, attribute_dataset, merge
 
 
+#: attribute_dataset arguments that have their own flag (``--option`` cannot set them)
+FLAGS = ("batch_size", "iterations", "precision", "targets", "seed", "chunk_size", "max_chunks")
+
+
 def run_attribute_dataset(args) -> int:
+    options = dict(args.option)
+    flagged = [k for k in options if k in FLAGS]
+    if flagged:
+        raise DatasetRunError(f"--option {flagged[0]}={options[flagged[0]]!r}: use "
+                              f"--{flagged[0].replace('_', '-')} instead")
     attribute_dataset(args.images, args.model, args.out, batch_size=args.batch_size,
                       iterations=args.iterations, precision=args.precision, targets=args.targets,
                       seed=args.seed, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
-                      **dict(args.option))
+                      **options)
     return 0
 
 
@@ -82,10 +91,16 @@ def main(argv=None) -> int:
                                      description="dataset-scale SaS attribution")
     add_cli_arguments(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    return run_command(args)
+
+
+def run_command(args) -> int:
+    """``args.func(args)``; a bad input (``ValueError``) or an unwritable path (``OSError``) is
+    reported as one line ``sas-fast: ...`` on stderr with exit status 2, without a traceback."""
     try:
         return args.func(args)
-    except DatasetRunError as err:
-        print(f"sas-fast: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print("sas-fast: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
 
 

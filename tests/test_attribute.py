@@ -124,6 +124,30 @@ def test_non_square_float64_and_additional_forward_args():
     assert sal.shape == (2, 20, 33) and sal.dtype == torch.float32
 
 
+class Wrapped(nn.Module):
+    """``inner``'s logits passed through ``transform(logits, x)``: the models a user might write."""
+
+    def __init__(self, inner, transform):
+        super().__init__()
+        self.inner, self.transform = inner, transform
+
+    def forward(self, x):
+        return self.transform(self.inner(x), x)
+
+
+class NaNAfter(nn.Module):
+    """``inner``'s logits for the first ``calls`` calls, NaN from then on."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, x):
+        self.calls -= 1
+        out = self.inner(x)
+        return out if self.calls >= 0 else out * float("nan")
+
+
 def _state(model):
     return ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
             [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
@@ -148,6 +172,28 @@ BAD_CALLS = {
     "unknown option": lambda m: attribute(m, textured_images(), 0, learning_rate=0.1),
     "unknown backend": lambda m: attribute(m, textured_images(), 0, backend="gpu-magic"),
     "CUDA graph of CPU images": lambda m: attribute(m, textured_images(), 0, cuda_graph=True),
+    "NaN scores on masked images": lambda m: attribute(NaNAfter(m, 1), textured_images(), 0, iterations=3),
+    "NaN logits on the images": lambda m: attribute(NaNAfter(m, 0), textured_images(), 0, iterations=3),
+    "lr=inf": lambda m: attribute(m, textured_images(), 0, lr=float("inf")),
+    "sharpness=inf": lambda m: attribute(m, textured_images(), 0, sharpness=float("inf")),
+    "window=5.0": lambda m: attribute(m, textured_images(), 0, window=5.0, iterations=1),
+    "iterations=2.5": lambda m: attribute(m, textured_images(), 0, iterations=2.5),
+    "max_batch=2.5": lambda m: attribute(m, textured_images(), 0, iterations=1, max_batch=2.5),
+    "levels=2.5": lambda m: attribute(m, textured_images(), 0, iterations=1, levels=2.5),
+    "seed=None": lambda m: attribute(m, textured_images(), 0, iterations=1, seed=None),
+    "num_masks='5'": lambda m: attribute(m, textured_images(), 0, iterations=1, num_masks="5"),
+    "trace_iterations outside the run": lambda m: attribute(m, textured_images(), 0, iterations=3,
+                                                            return_trace=True, trace_iterations=(7,)),
+    "one-entry list for a batch of 2": lambda m: attribute(m, textured_images(), [1], iterations=1),
+    "tuple output": lambda m: attribute(Wrapped(m, lambda z, x: (z,)), textured_images(), 0, iterations=1),
+    "dict output": lambda m: attribute(Wrapped(m, lambda z, x: {"logits": z}), textured_images(), 0,
+                                       iterations=1),
+    "1-D output": lambda m: attribute(Wrapped(m, lambda z, x: z[:, 0]), textured_images(), 0, iterations=1),
+    "B x 1 x C output": lambda m: attribute(Wrapped(m, lambda z, x: z[:, None]), textured_images(), 0,
+                                            iterations=1),
+    "fp16 images, fp32 model": lambda m: attribute(m, textured_images().half(), 0, iterations=1),
+    "bf16 images, fp32 model": lambda m: attribute(m, textured_images().bfloat16(), 0, iterations=1),
+    "meta images": lambda m: attribute(m, textured_images().to("meta"), 0, iterations=1),
 }
 
 
@@ -160,6 +206,75 @@ def test_bad_input_raises_and_leaves_model_as_found(name):
     with pytest.raises(ValueError):
         BAD_CALLS[name](model)
     assert _state(model) == before
+
+
+@pytest.mark.parametrize("name, message", [
+    ("NaN scores on masked images", "insertion scores were NaN or Inf at iteration 0"),
+    ("NaN logits on the images", "output on the images contains NaN"),
+    ("window=5.0", "window must be a positive odd integer or None, got 5.0"),
+    ("seed=None", "seed must be an integer, got None"),
+    ("trace_iterations outside the run", r"integers in \[0, 2\], got \[7\]"),
+    ("one-entry list for a batch of 2", "list of 1 entries for a batch of 2"),
+    ("dict output", "got a dict"),
+    ("B x 1 x C output", r"got shape \(2, 1, 2\)"),
+    ("fp16 images, fp32 model", "images are torch.float16 but the model's parameters are torch.float32"),
+    ("meta images", "'meta' device"),
+])
+def test_bad_input_messages_name_the_argument_and_value(name, message):
+    with pytest.raises(ValueError, match=message):
+        BAD_CALLS[name](TextureDetector().eval())
+
+
+def test_non_finite_scores_stop_the_run_naming_iteration_and_mode(model):
+    with pytest.raises(ValueError, match="the model's deletion scores were NaN or Inf at iteration 4 "):
+        attribute(NaNAfter(model, 5), textured_images(), 0, mode="deletion", iterations=8)
+
+    def nan_gradient(logits, x):      # finite scores, NaN input gradient: sqrt'(0) * abs'(0)
+        return logits + (x - x.detach()).abs().sqrt().sum(dim=(1, 2, 3))[:, None]
+    with pytest.raises(ValueError, match="pre-mask became NaN or Inf in the update of iteration 0"):
+        attribute(Wrapped(model, nan_gradient), textured_images(), 0, iterations=3)
+
+
+def test_finite_watch_reads_back_every_n_iterations_and_at_the_end():
+    """As on CUDA (``every`` iterations): a NaN at iteration 1 is reported at the next read-back,
+    naming iteration 1; the last iteration is always checked."""
+    from sas_fast.checks import FiniteWatch
+
+    ok, bad = torch.zeros(2, 3), torch.full((2, 3), float("nan"))
+    watch = FiniteWatch(("insertion", "deletion"), 10, torch.device("cpu"))
+    watch.every = 4
+    for it in range(3):
+        watch.update(it, {"insertion": ok, "deletion": bad if it == 1 else ok}, ok)
+    with pytest.raises(ValueError, match="deletion scores were NaN or Inf at iteration 1 "):
+        watch.update(3, {"insertion": ok, "deletion": ok}, ok)
+    last = FiniteWatch(("insertion",), 3, torch.device("cpu"))
+    last.every = 100
+    last.update(0, {"insertion": ok}, ok)
+    last.update(1, {"insertion": ok}, ok)
+    with pytest.raises(ValueError, match="insertion scores were NaN or Inf at iteration 2 "):
+        last.update(2, {"insertion": bad}, ok)
+
+
+def test_int_and_one_element_tensor_targets_broadcast(model):
+    images = textured_images()
+    each = attribute(model, images, [1, 1], iterations=2)
+    for target in (1, torch.tensor([1]), torch.tensor(1)):
+        torch.testing.assert_close(attribute(model, images, target, iterations=2), each, rtol=0, atol=0)
+
+
+def test_max_batch_is_bit_identical_for_a_batch_independent_model():
+    """The documented bound of ``SaSConfig.max_batch``: SaS's arithmetic does not depend on it,
+    so a model that computes each image alone gives bit-identical maps for every ``max_batch``;
+    the TextureDetector (batch-size-dependent kernels) differs from it in the last bits only."""
+    per_image = Wrapped(TextureDetector().eval(), lambda z, x: z)
+    per_image.forward = lambda x: torch.cat([per_image.inner(x[i:i + 1]) for i in range(len(x))])
+    images = textured_images()
+    full = attribute(per_image, images, 0, iterations=30)
+    for max_batch in (1, 7, 100):
+        assert torch.equal(attribute(per_image, images, 0, iterations=30, max_batch=max_batch), full)
+    batched = TextureDetector().eval()
+    one_by_one = attribute(batched, images, 0, iterations=30, max_batch=1)
+    assert (one_by_one - attribute(batched, images, 0, iterations=30)).abs().max() < 1e-6
 
 
 def test_train_mode_model_is_evaluated_in_eval_mode_and_restored():

@@ -28,12 +28,35 @@ def test_explain_user_photo_with_target_and_layer(tmp_path):
     assert matplotlib.image.imread(tmp_path / "o" / "noise_sas.png").shape[:2] == (61, 90)
 
 
-def test_explain_rejects_missing_file_and_unknown_layer(tmp_path):
-    with pytest.raises(SystemExit, match="cannot read"):
-        main(["explain", str(tmp_path / "missing.png"), "--iterations", "1"])
+def _one_line_error(capsys, message: str) -> None:
+    """The command printed exactly one line ``sas-fast: ...message...`` to stderr, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("sas-fast: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_explain_rejects_missing_file_and_unknown_layer(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "missing.png"), "--iterations", "1"]) == 2
+    _one_line_error(capsys, "cannot read image")
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "z.png")
-    with pytest.raises(SystemExit, match="no layer"):
-        main(["explain", str(tmp_path / "z.png"), "--layer", "nope", "--iterations", "1"])
+    assert main(["explain", str(tmp_path / "z.png"), "--layer", "nope", "--iterations", "1"]) == 2
+    _one_line_error(capsys, "model has no layer 'nope'")
+
+
+@pytest.mark.parametrize("command, message", [
+    (["explain", "--demo", "--iterations", "0"], "--iterations must be >= 1, got 0"),
+    (["compare", "--demo", "--iterations", "-3"], "--iterations must be >= 1, got -3"),
+    (["explain"], "explain: give IMAGE paths or --demo"),
+    (["explain", "--demo", "--out", "{tmp}/missing/x.png"], "cannot write output"),
+    (["explain", "--demo", "--out", "/proc/x.png"], "cannot write output /proc/x.png"),
+    (["explain", "--demo", "--out", "{tmp}/file/sub"], "cannot create output folder"),
+    (["compare", "--demo", "--out", "{tmp}/missing/grid.png"], "cannot write output"),
+])
+def test_bad_arguments_fail_before_any_work_in_one_line(command, message, tmp_path, capsys, monkeypatch):
+    """Checked before the model is loaded (``_model`` would fail the test) and before any output."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr("sas_fast.cli._model", lambda name: pytest.fail("the model was loaded"))
+    assert main([c.format(tmp=tmp_path) for c in command]) == 2
+    _one_line_error(capsys, message)
 
 
 def test_compare_writes_a_grid_with_every_method(tmp_path, capsys):

@@ -243,6 +243,40 @@ def test_cli_reports_errors_and_merges(reference, tmp_path, capsys):
     _assert_same(_arrays(tmp_path / "all.npz"), reference[1])
 
 
+def _one_line_error(capsys, message: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("sas-fast: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--option", "window=5.0"], "window must be a positive odd integer or None, got 5.0"),
+    (["--option", "iterations=3"], "--option iterations=3: use --iterations instead"),
+    (["--option", "trace_iterations=(0,)"], "set by the dataset run itself"),
+    (["--iterations", "0"], "iterations must be a positive integer, got 0"),
+    (["--model", "tiny_model:make_tuple_output"], "the model must return a tensor of B x classes logits"),
+])
+def test_cli_errors_are_one_line(data, tmp_path, capsys, extra, message):
+    assert main(["attribute-dataset", "--images", str(data / "images.npz"), "--out", str(tmp_path / "o"),
+                 *CLI_SETTINGS, *extra]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_merge_to_an_unwritable_destination_is_one_line(reference, tmp_path, capsys):
+    assert main(["merge", str(reference[0]), "--dest", str(tmp_path / "nodir" / "x.npz")]) == 2
+    _one_line_error(capsys, f"cannot write merged npz {tmp_path / 'nodir' / 'x.npz'}: No such file")
+    assert not (tmp_path / "nodir").exists()
+
+
+@pytest.mark.parametrize("bad_spec", ["tiny_model:no_such_function", "tiny_model:make_tuple_output"])
+def test_a_run_stopped_by_a_bad_model_does_not_lock_its_folder(data, reference, tmp_path, bad_spec):
+    """The corrected rerun on the same folder is accepted and gives the uninterrupted result."""
+    with pytest.raises(ValueError):
+        attribute_dataset(data / "images.npz", bad_spec, tmp_path, **SETTINGS)
+    attribute_dataset(data / "images.npz", MODEL, tmp_path, **SETTINGS)
+    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["model"] == MODEL
+    _assert_same(_arrays(merge(tmp_path)), reference[1])
+
+
 def test_model_specs(data):
     model, preprocess = resolve_model(str(TESTS / "tiny_model.py") + ":make")
     assert preprocess(np.zeros((16, 16, 3), np.uint8)).shape == (3, 16, 16) and not model.training

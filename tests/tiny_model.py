@@ -20,3 +20,14 @@ def make():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
     return model.eval(), preprocess
+
+
+def make_tuple_output():
+    """:func:`make`'s model returning ``(logits,)``: a bad model spec for SaS."""
+    model, preprocess = make()
+    return nn.Sequential(model, _Tuple()).eval(), preprocess
+
+
+class _Tuple(nn.Module):
+    def forward(self, x):
+        return (x,)

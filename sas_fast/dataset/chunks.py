@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_writable
 from .errors import DatasetRunError
 
 MANIFEST = "manifest.json"
@@ -130,6 +131,10 @@ def merge(out_dir, dest=None) -> Path:
     manifest = read_json(out_dir / MANIFEST)
     if manifest is None:
         raise DatasetRunError(f"no readable {MANIFEST} in {out_dir}: not an attribute-dataset output folder")
+    try:
+        dest = check_writable(dest if dest is not None else out_dir / MERGED, "merged npz")
+    except ValueError as err:
+        raise DatasetRunError(str(err)) from err
     config = manifest["config"]
     spans = chunk_ranges(config["source"]["count"], config["chunk_size"])
     bad = [c for c, span in enumerate(spans) if verified_record(out_dir, c, span) is None]
@@ -149,6 +154,5 @@ def merge(out_dir, dest=None) -> Path:
     merged["skipped"] = np.concatenate([p["skipped"] for p in parts])
     buffer = io.BytesIO()
     np.savez(buffer, **merged)
-    dest = Path(dest) if dest is not None else out_dir / MERGED
     atomic_write(dest, buffer.getvalue())
     return dest

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..attribute import attribute
+from ..checks import model_logits
 from ..config import PRECISIONS, make_config
 from ..schedule import mask_areas, mode_names
 from .chunks import (MANIFEST, chunk_ranges, read_json, record_file, remove_temp_files,
@@ -98,10 +99,12 @@ def _prepare_out_dir(out_dir) -> Path:
 
 
 def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
-    """Start a new run's manifest, or check that the folder's run has the same configuration."""
+    """Start a new run's manifest, or check that the folder's run has the same configuration (a
+    run that finished no chunk, e.g. one stopped by a bad model, is replaced by the new one)."""
     existing = read_json(out / MANIFEST)
-    if existing is None:
-        if (out / MANIFEST).exists() or any(out.glob("chunk_*")):
+    started = any(out.glob("chunk_*"))
+    if existing is None or (existing.get("config") != config and not started):
+        if existing is None and ((out / MANIFEST).exists() or started):
             raise DatasetRunError(f"{out} holds chunk files but no readable {MANIFEST}: use an empty "
                                   "output folder")
         if workers.rank == 0:
@@ -179,7 +182,7 @@ def _attribute_batch(job: Job, batch: list) -> dict:
     x = torch.stack(inputs).to(job.device)
     with torch.no_grad(), torch.autocast(job.device.type, dtype=torch.bfloat16,
                                          enabled=job.precision == "bf16"):
-        logits = job.model(x).float()
+        logits = model_logits(job.model, x).float()
     if job.use_labels:
         target = torch.as_tensor(job.source.labels[indices], device=job.device)
         bad = (target < 0) | (target >= logits.shape[-1])
@@ -315,8 +318,8 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
                   "iterations": iterations, "precision": precision, "chunk_size": chunk_size,
                   "sas_options": {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in sorted(sas_options.items())}}
-        _open_manifest(out, config, workers)
         model, preprocess = resolve_model(model_spec)
+        _open_manifest(out, config, workers)
         job = Job(source, model.to(workers.device), preprocess, workers.device, use_labels,
                   precision, batch_size, iterations, seed, mode_names(sas_config.mode),
                   mask_areas(sas_config.num_masks).numpy(), sas_options)

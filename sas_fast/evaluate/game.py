@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribute import _resolve_target, guarded_model
+from ..attribute import guarded_model
+from ..checks import check_images, is_int, is_real, model_logits, resolve_target
 from .nli import nli_impute
 
 
@@ -114,11 +115,13 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
     Args:
         model: classifier ``B x C x H x W -> B x classes`` logits; evaluated in eval mode
             without gradients and left exactly as found.
-        images: ``B x C x H x W`` in the model's input space (imputation happens there).
+        images: ``B x C x H x W`` floating point, finite, in the model's input space (imputation
+            happens there).
         saliency: ``B x h x w`` (or ``B x 1 x h x w``), resized bilinearly to ``H x W`` if needed.
         target: class per image (int, list, LongTensor[B]): the label; None = the model's
             top-1 class on the clean image.
-        ratios: the fractions ``p`` (default ``0, 0.1, ..., 1``); ``n = floor(p H W)`` pixels.
+        ratios: the fractions ``p`` in [0, 1], at least one (default ``0, 0.1, ..., 1``);
+            ``n = floor(p H W)`` pixels.
         batch_size: game images imputed and classified at once (bounds memory).
         noise: std of the imputation noise; the noise of each game image depends only on
             ``(seed, image index, mode, ratio index)``, not on ``batch_size``.
@@ -127,23 +130,28 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
     Returns:
         :class:`GameResult` with ``B x R`` insertion and deletion curves (float64, CPU).
     """
-    if images.dim() != 4:
-        raise ValueError(f"images must be B x C x H x W, got shape {tuple(images.shape)}")
+    check_images(images)
     b, c, h, w = images.shape
-    if saliency.shape[0] != b:
-        raise ValueError(f"saliency has {saliency.shape[0]} maps for {b} images")
+    if not isinstance(saliency, torch.Tensor) or saliency.dim() < 1 or saliency.shape[0] != b:
+        raise ValueError(f"saliency must be a tensor of {b} maps, got "
+                         f"{tuple(getattr(saliency, 'shape', ()))}")
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (is_real(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     ratios = torch.linspace(0, 1, 11, dtype=torch.float64) if ratios is None else \
         torch.as_tensor(ratios, dtype=torch.float64).flatten()
-    if bool(((ratios < 0) | (ratios > 1)).any()):
-        raise ValueError(f"ratios must lie in [0, 1], got {ratios.tolist()}")
+    if ratios.numel() < 1 or not bool(((ratios >= 0) & (ratios <= 1)).all()):
+        raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {ratios.tolist()}")
     counts = [math.floor(float(p) * h * w + 1e-6) for p in ratios]
     images = images.detach()
     ranks = pixel_ranks(saliency.to(images.device), (h, w))
     jobs = [(i, mode, r) for i in range(b) for mode in (0, 1) for r in range(len(counts))]
     scores = torch.zeros(b, 2, len(counts), dtype=torch.float64)
     with guarded_model(model), torch.no_grad():
-        logits = torch.cat([model(images[s:s + batch_size]) for s in range(0, b, batch_size)])
-        target = _resolve_target(target, logits)
+        logits = torch.cat([model_logits(model, images[s:s + batch_size])
+                            for s in range(0, b, batch_size)])
+        target = resolve_target(target, logits)
         for s in range(0, len(jobs), batch_size):
             chunk = jobs[s:s + batch_size]
             idx = torch.tensor([i for i, _, _ in chunk], device=images.device)

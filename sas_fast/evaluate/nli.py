@@ -55,6 +55,8 @@ def nli_impute(images: torch.Tensor, keep: torch.Tensor, noise: float = 0.01,
     if images.dim() != 4 or keep.shape != (images.shape[0],) + images.shape[2:]:
         raise ValueError(f"need images B x C x H x W and keep B x H x W, got {tuple(images.shape)} "
                          f"and {tuple(keep.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point, got {images.dtype}")
     images, keep = images.detach(), keep.to(device=images.device, dtype=torch.bool)
     known = keep.flatten(1).any(1)
     todo = known & ~keep.flatten(1).all(1)

@@ -5,7 +5,8 @@
 ``TRITON_INTERPRET=1``), ``"cpp"`` (the ``csrc/`` CPU kernels), or ``"auto"``: the fastest
 available for the tensor's device (Triton on CUDA, C++ on CPU; never the Triton interpreter,
 which is a test tool), falling back to the reference, so ``"auto"`` works wherever the
-reference does. Inputs are checked here, once for every backend.
+reference does. Inputs and scalar parameters are checked here, once per call for every
+backend; the C++ kernels (float32 / float64) run float16 / bfloat16 inputs in float32.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import warnings
 
 import torch
 
+from ..checks import is_int, is_real
 from . import reference
 
 BACKENDS = ("reference", "triton", "cpp")
@@ -70,15 +72,48 @@ def _warn_reference_fallback(reason: str) -> None:
                       RuntimeWarning, stacklevel=4)
 
 
-def _impl(op: str, backend: str, device: torch.device):
-    return getattr(_backend_module(resolve_backend(backend, device)), op)
+def _impl(op: str, backend: str, device: torch.device, dtype: torch.dtype):
+    """The backend's ``op``; the C++ kernels (float32 / float64 only) run float16 / bfloat16
+    inputs in float32 and return the inputs' dtype."""
+    name = resolve_backend(backend, device)
+    fn = getattr(_backend_module(name), op)
+    if name != "cpp" or dtype not in (torch.float16, torch.bfloat16):
+        return fn
+
+    def upcast(*args):
+        out = fn(*(a.float() if isinstance(a, torch.Tensor) and a.dtype == dtype else a for a in args))
+        return tuple(o.to(dtype) for o in out) if isinstance(out, tuple) else out.to(dtype)
+    return upcast
 
 
-def _check_float(name: str, x: torch.Tensor, ndim: int):
+def _check_float(name: str, x: torch.Tensor, ndim: int, like: tuple | None = None):
+    """``x`` a floating-point ``ndim``-D tensor, on the device of ``like = (name, tensor)``."""
     if not isinstance(x, torch.Tensor) or x.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got {getattr(x, 'shape', type(x))}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
+    if like is not None and x.device != like[1].device:
+        raise ValueError(f"{name} is on {x.device} but {like[0]} on {like[1].device}; "
+                         "put both on one device")
+
+
+def _check_int(name: str, value, low: int, odd: bool = False) -> int:
+    """``value`` as a Python int, checked to be an (odd) integer >= ``low``."""
+    if not is_int(value) or value < low or (odd and value % 2 == 0):
+        raise ValueError(f"{name} must be {'an odd' if odd else 'an'} integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_real(name: str, value, low: float, strict: bool):
+    """``value`` a finite real number ``> low`` (``strict``) or ``>= low``."""
+    if not (is_real(value) and (value > low if strict else value >= low)):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _readable(x: torch.Tensor) -> bool:
+    """``x``'s values can be checked: it holds data (not ``meta``) and no CUDA graph is being
+    captured on its device (no host sync allowed then)."""
+    return x.device.type != "meta" and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
@@ -88,15 +123,16 @@ def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
     ``premask`` ``B x 1 x (H+2r) x (W+2r)`` -> ``B x 1 x H x W``, r = window // 2. Smooth is a
     valid Gaussian convolution (sigma = (window - 1) / 4); SoftMaxPool is
     ``out_i = sum_{j in N(i)} softmax(beta x)_j x_j`` over the reflection-padded window.
+    ``window``: an odd integer >= 1; ``beta``: a finite number > 0.
     """
     _check_float("premask", premask, 4)
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd integer, got {window}")
+    window = _check_int("window", window, 1, odd=True)
+    _check_real("beta", beta, 0, strict=True)
     h, w = premask.shape[-2] - 2 * (window // 2), premask.shape[-1] - 2 * (window // 2)
     if premask.shape[1] != 1 or min(h, w) < window:
         raise ValueError(f"premask must be B x 1 x (H+2r) x (W+2r) with H, W >= window={window}, "
                          f"got {tuple(premask.shape)}")
-    return _impl("smooth_softmax_pool", backend, premask.device)(premask, window, beta)
+    return _impl("smooth_softmax_pool", backend, premask.device, premask.dtype)(premask, window, beta)
 
 
 def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
@@ -109,44 +145,55 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     Levenberg-Marquardt solve (warm-started from ``thresholds_init`` ``B x K`` if given);
     areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
     the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
-    held fixed.
+    held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 1.
     """
     _check_float("schedule", schedule, 4)
     if schedule.shape[1] != 1:
         raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
+    _check_real("sharpness", sharpness, 0, strict=True)
+    _check_real("tol", tol, 0, strict=True)
+    max_iter = _check_int("max_iter", max_iter, 1)
+    if not isinstance(implicit_grad, bool):
+        raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
-    capturing = areas.is_cuda and torch.cuda.is_current_stream_capturing()  # no sync in a graph
-    if areas.numel() < 1 or (not capturing and bool(((areas < 0) | (areas > 1)).any())):
+    if areas.numel() < 1 or (_readable(areas) and not bool(((areas >= 0) & (areas <= 1)).all())):
         raise ValueError(f"areas must be a non-empty list of values in [0, 1], got {areas.tolist()}")
-    if thresholds_init is not None and tuple(thresholds_init.shape) != (schedule.shape[0], areas.numel()):
-        raise ValueError(f"thresholds_init must be B x K = {(schedule.shape[0], areas.numel())}, "
-                         f"got {tuple(thresholds_init.shape)}")
-    fn = _impl("threshold_masks", backend, schedule.device)
+    if thresholds_init is not None:
+        _check_float("thresholds_init", thresholds_init, 2, like=("schedule", schedule))
+        if tuple(thresholds_init.shape) != (schedule.shape[0], areas.numel()):
+            raise ValueError(f"thresholds_init must be B x K = {(schedule.shape[0], areas.numel())}, "
+                             f"got {tuple(thresholds_init.shape)}")
+    fn = _impl("threshold_masks", backend, schedule.device, schedule.dtype)
     return fn(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
 
 
 def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
                  backend: str = "auto") -> torch.Tensor:
     """``B x C x H x W -> B x L x C x H x W``: level l blurred with sigma ``max_blur (1 - l/(L-1))``
-    (level 0 most blurred, level L - 1 the image). No gradient."""
+    (level 0 most blurred, level L - 1 the image). No gradient. ``levels``: an integer >= 2;
+    ``max_blur``: a finite number >= 0."""
     _check_float("images", images, 4)
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    if max_blur < 0:
-        raise ValueError(f"max_blur must be >= 0, got {max_blur}")
-    return _impl("blur_pyramid", backend, images.device)(images, levels, max_blur)
+    levels = _check_int("levels", levels, 2)
+    _check_real("max_blur", max_blur, 0, strict=False)
+    return _impl("blur_pyramid", backend, images.device, images.dtype)(images, levels, max_blur)
 
 
 def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Masked images ``B x K x C x H x W`` from a pyramid ``B x L x C x H x W`` and masks
     ``B x K x H x W`` in [0, 1]: linear interpolation between the two pyramid levels around
-    ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images."""
+    ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images. The mask
+    values are checked (a host sync; skipped while a CUDA graph is captured)."""
     _check_float("pyramid", pyramid, 5)
-    _check_float("masks", masks, 4)
+    _check_float("masks", masks, 4, like=("pyramid", pyramid))
     b, _, _, h, w = pyramid.shape
     if masks.shape[0] != b or tuple(masks.shape[-2:]) != (h, w):
         raise ValueError(f"masks {tuple(masks.shape)} do not match pyramid {tuple(pyramid.shape)}")
-    return _impl("pyramid_mask", backend, pyramid.device)(pyramid, masks)
+    if masks.numel() and _readable(masks):
+        lo, hi = torch.aminmax(masks.detach())
+        if not bool((lo >= 0) & (hi <= 1)):
+            raise ValueError(f"masks must lie in [0, 1], got values in [{float(lo):g}, {float(hi):g}]")
+    dtype = torch.promote_types(pyramid.dtype, masks.dtype)
+    return _impl("pyramid_mask", backend, pyramid.device, dtype)(pyramid, masks)
 
 
 __all__ = ["BACKENDS", "blur_pyramid", "pyramid_mask", "resolve_backend", "smooth_softmax_pool",

@@ -57,6 +57,22 @@ def test_shape_targets_and_model_unchanged(name):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda m: baselines.gradient(m, images(2), [1]), "list of 1 entries for a batch of 2"),
+    (lambda m: baselines.grad_cam(m, images(2).half(), 0), "images are torch.float16 but the model's"),
+    (lambda m: baselines.integrated_gradients(nn.Sequential(m, nn.Unflatten(1, (1, 4))), images(2), 0),
+     r"got shape \(2, 1, 4\)"),
+    (lambda m: baselines.guided_backprop(m, images(2).index_fill(3, torch.tensor([0]), float("inf")), 0),
+     "NaN or Inf"),
+])
+def test_bad_input_raises_clearly_and_leaves_model_as_found(call, message):
+    model = small_model().train()
+    before = module_state(model)
+    with pytest.raises(ValueError, match=message):
+        call(model)
+    assert module_state(model) == before and all(p.requires_grad for p in model.parameters())
+
+
 def input_gradient(model, x, target):
     x = x.clone().requires_grad_(True)
     model.eval()

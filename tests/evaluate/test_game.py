@@ -132,6 +132,37 @@ def test_rejects_bad_input():
         deletion_game(model, x, right_saliency(2), target=0, ratios=[0.5, 1.5])
 
 
+BAD_GAMES = {
+    "NaN images": (dict(images=planted_images(2).index_fill(2, torch.tensor([3]), float("nan"))),
+                   "images contain NaN or Inf"),
+    "empty batch": (dict(images=planted_images(2)[:0], saliency=right_saliency(2)[:0]), "empty batch"),
+    "integer images": (dict(images=planted_images(2).long()), "images must be floating point"),
+    "ratios=[]": (dict(ratios=[]), r"ratios must be a non-empty list of values in \[0, 1\], got \[\]"),
+    "NaN ratio": (dict(ratios=[0.5, float("nan")]), r"got \[0.5, nan\]"),
+    "batch_size=0": (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    "noise=-1": (dict(noise=-1.0), "noise must be a finite number >= 0"),
+    "one-entry list target": (dict(target=[0]), "list of 1 entries for a batch of 2"),
+    "tuple output": (dict(model=lambda m: nn.Sequential(m, TupleOut())), "got a tuple"),
+}
+
+
+class TupleOut(nn.Module):
+    def forward(self, x):
+        return (x,)
+
+
+@pytest.mark.parametrize("name", BAD_GAMES)
+def test_bad_input_raises_clearly_and_leaves_model_as_found(name):
+    change, message = BAD_GAMES[name]
+    model = Planted().train()
+    model.scale.requires_grad_(False)
+    args = dict(model=model, images=planted_images(2), saliency=right_saliency(2), target=0)
+    args.update({k: v(model) if k == "model" else v for k, v in change.items()})
+    with pytest.raises(ValueError, match=message):
+        deletion_game(**args)
+    assert model.training and not model.scale.requires_grad and model.scale.grad is None
+
+
 def test_paired_gap_is_the_mean_and_se_of_per_image_differences():
     ratios = torch.linspace(0, 1, 3)
     a = GameResult(ratios, torch.tensor([[0.2, 0.6, 1.0], [0.1, 0.4, 0.7]]),

@@ -122,6 +122,8 @@ def test_rejects_bad_arguments():
         nli_impute(x, torch.ones(1, 8, 9, dtype=torch.bool))
     with pytest.raises(ValueError):
         nli_impute(x, torch.ones(1, 8, 8, dtype=torch.bool), solver="cholesky")
+    with pytest.raises(ValueError, match="images must be floating point, got torch.int64"):
+        nli_impute((100 * x).long(), torch.rand(1, 8, 8) > 0.5)
 
 
 def test_torch_solver_warns_when_not_converged():
