@@ -106,6 +106,32 @@ def markdown(data: dict, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frontier(out: Path, figure: Path, fast: str) -> str:
+    """The frontier table (markdown) and figure from every ``fast_evaluation_*.json`` in ``out``:
+    Overall against passes for the default cut short and for the family ``fast``."""
+    from sas_fast.viz import plot_frontier
+
+    panels, lines = {}, ["| setting | N | curve | " + " | ".join(["passes: Overall ± se"] * 5) + " |",
+                         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(out.glob("fast_evaluation_*.json")):
+        results = json.loads(path.read_text())["results"]
+        setting = path.stem.replace("fast_evaluation_", "").replace("_", " / ")
+        curves = {"default cut short": [], f"{fast}": []}
+        for name, r in results.items():
+            curve = "default cut short" if name == "default" or name.startswith("cut@") else \
+                fast if name.startswith(f"{fast}@") else None
+            if curve is not None:
+                o = np.asarray(r["overall"])
+                curves[curve].append((r["passes"], o.mean(), o.std(ddof=1) / np.sqrt(o.size)))
+        panels[setting] = curves
+        n = len(next(iter(results.values()))["overall"])
+        for curve, points in curves.items():
+            cells = [f"{p}: {m:.3f} ± {e:.3f}" for p, m, e in sorted(points)]
+            lines.append(f"| {setting} | {n} | {curve} | " + " | ".join(cells + [""] * (5 - len(cells))) + " |")
+    plot_frontier(panels, figure, "Deletion-game Overall per model image-pass")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["mnist", "cifar10"], default="cifar10")
@@ -120,7 +146,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--frontier", metavar="FAMILY", help="only draw the frontier of FAMILY against the "
+                    "default cut short from the evaluation runs in --out (table printed, figure to --figure)")
+    ap.add_argument("--figure", type=Path, default=Path("frontier.png"))
     args = ap.parse_args(argv)
+    if args.frontier:
+        print(frontier(args.out, args.figure, args.frontier))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]

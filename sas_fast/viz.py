@@ -75,6 +75,24 @@ def plot_game_curves(results: dict, path, title: str = "") -> None:
     _save(plt, fig, path, title)
 
 
+def plot_frontier(panels: dict, path, title: str = "") -> None:
+    """Quality per compute: Overall (mean ± se) against model image-passes per image, one panel
+    per setting. ``panels`` maps a panel title to ``{curve name: [(passes, mean, se), ...]}``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for label, points in curves.items():
+            x, y, e = (np.array(v, dtype=float) for v in zip(*sorted(points)))
+            ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("model image-passes per image")
+        ax.set_ylabel("Overall (Ins - Del)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(plt, fig, path, title)
+
+
 def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:
     """Figure-3 style: the score of every mask (x: mask area) at the recorded iterations,
     one panel per loss mode, from a :class:`sas_fast.SaSTrace`."""
