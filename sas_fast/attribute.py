@@ -175,9 +175,19 @@ def _saliency(premask: torch.Tensor, config: SaSConfig) -> torch.Tensor:
     return saliency.float()
 
 
-def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str | None = None,
-              num_masks: int | None = None, iterations: int | None = None, layer=None,
-              seed: int | None = None, backend: str | None = None, preset: str = "default",
+class _FromPreset:
+    """Default of :func:`attribute`'s config arguments: the preset's value is used."""
+
+    def __repr__(self) -> str:
+        return "<the preset's value>"
+
+
+FROM_PRESET = _FromPreset()
+
+
+def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str = FROM_PRESET,
+              num_masks: int = FROM_PRESET, iterations: int = FROM_PRESET, layer=None,
+              seed: int = FROM_PRESET, backend: str = FROM_PRESET, preset: str = "default",
               return_trace: bool = False, progress: bool | None = None,
               additional_forward_args=None, **options):
     """Saliency as a Schedule for a batch of images.
@@ -193,7 +203,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
         iterations: Adam steps on the pre-mask.
             ``mode``, ``num_masks``, ``iterations``, ``seed``, ``backend`` and ``**options`` left
-            out (None) take the preset's value.
+            out take the preset's value.
         layer: an ``nn.Module`` inside ``model`` (or its name): feature saliency (paper eq. 9),
             ``sum_k ||f^l(x) - f^l(Mask(x, m_k))||^2`` minimised on insertion images
             (maximised on deletion images); ``target`` is then ignored.
@@ -215,7 +225,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
     """
     given = dict(mode=mode, num_masks=num_masks, iterations=iterations, seed=seed, backend=backend)
-    config = make_config(preset, **{k: v for k, v in given.items() if v is not None}, **options)
+    config = make_config(preset, **{k: v for k, v in given.items() if v is not FROM_PRESET}, **options)
     return run_sas(model, images, target, layer=layer, config=config, return_trace=return_trace,
                    progress=progress, additional_forward_args=additional_forward_args)
 
