@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import PRECISIONS
 from .dataset_run import add_cli_arguments as add_dataset_commands
+from .precision import resolve_precision
 
-#: ``explain --demo``: 80 iterations with a bf16 model, about two minutes on a 2-core CPU
-#: (benchmarks/RESULTS.md).
+#: ``explain --demo``: 80 iterations; with a bf16 model (``--precision auto`` on a CPU with native
+#: bf16) about two minutes on a 2-core CPU (benchmarks/RESULTS.md).
 DEMO_ITERATIONS = 80
-DEMO_PRECISION = "bf16"
 DEMO_PHOTO = "chelsea"
 
 
@@ -53,7 +54,8 @@ def _model(name: str):
 
 def _inputs(args):
     """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations, precision)
-    for --demo or IMAGE..."""
+    for --demo or IMAGE...; ``precision`` is ``--precision`` resolved
+    (:class:`sas_fast.precision.Precision`: "fp32" or "bf16", and why)."""
     if args.demo:
         import skimage.data
 
@@ -68,7 +70,7 @@ def _inputs(args):
     images = torch.cat([preprocess(p)[0] for p in photos])
     with torch.no_grad():
         probs = model(images).softmax(-1)
-    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
+    precision = resolve_precision(args.precision, images.device, images.dtype)
     return names, photos, model, images, probs, iterations, precision
 
 
@@ -85,10 +87,10 @@ def explain(args) -> int:
                          f"{[n for n, _ in model.named_modules() if n][:12]}")
     what = f"layer {layer}" if layer else "class"
     print(f"SaS ({what} saliency): {len(photos)} image(s), {iterations} iterations, "
-          f"backend {args.backend}, model precision {precision}")
+          f"backend {args.backend}, model precision {precision.precision} ({precision.reason})")
     start = time.perf_counter()
     saliency = attribute(model, images, target, iterations=iterations, layer=layer,
-                         backend=args.backend, precision=precision, progress=True)
+                         backend=args.backend, precision=precision.precision, progress=True)
     seconds = time.perf_counter() - start
     targets = torch.as_tensor(target).expand(len(photos))
     for i, (name, path) in enumerate(zip(names, _out_paths(names, args.out))):
@@ -108,7 +110,7 @@ def compare(args) -> int:
     target = args.target if args.target is not None else probs.argmax(-1)
     methods = {
         "SaS": lambda: attribute(model, images, target, iterations=iterations, backend=args.backend,
-                                 precision=precision, progress=True),
+                                 precision=precision.precision, progress=True),
         "GradCAM": lambda: baselines.grad_cam(model, images, target),
         "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
         "Guided BP": lambda: baselines.guided_backprop(model, images, target),
@@ -125,7 +127,8 @@ def compare(args) -> int:
     rows = [[maps[m][i] / maps[m][i].max().clamp_min(1e-12) for m in maps] for i in range(len(photos))]
     out = Path(args.out or "compare.png")
     attribution_grid(shown, rows, list(maps), out, row_titles=[Path(n).stem for n in names])
-    print(f"SaS with {iterations} iterations; grid -> {out}")
+    print(f"SaS with {iterations} iterations, model precision {precision.precision} "
+          f"({precision.reason}); grid -> {out}")
     return 0
 
 
@@ -138,8 +141,9 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default 200; {DEMO_ITERATIONS} with --demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                   help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="model precision (default auto: bf16 where the device computes it natively, "
+                        "else fp32)")
     p.add_argument("--out", default=None, help=out_help)
 
 

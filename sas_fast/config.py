@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 MODES = ("insertion", "deletion", "both")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class SaSConfig:
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
-    precision: str = "fp32"       # model precision: fp32 | bf16 (autocast + channels-last; masks stay fp32)
+    precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast + channels-last; masks stay
+                                  # fp32); auto: bf16 where the device computes it natively (ours, precision.py)
     cuda_graph: bool = False      # replay each iteration from one CUDA graph (CUDA + triton backend only)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 
