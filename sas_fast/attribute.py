@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .config import SaSConfig, make_config
+from .cpu_memory import default_max_batch, tune_malloc
 from .iteration import IterationRunner
 from .precision import resolve_precision
 from .schedule import Objective, mask_areas, mode_names
@@ -139,7 +140,10 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     _check_images(images, config.window or 3)
     config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device),
                                  precision=resolve_precision(config.precision, images.device,
-                                                             images.dtype).precision)
+                                                             images.dtype).precision,
+                                 max_batch=config.max_batch or default_max_batch(images))
+    if images.device.type == "cpu":
+        tune_malloc()
     layer = _resolve_layer(model, layer)
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)

@@ -34,7 +34,8 @@ class SaSConfig:
     threshold_tol: float = 1e-4   # stop the LM solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # LM iteration cap (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
-    max_batch: int | None = None  # at most this many masked images per model call (None: all at once)
+    max_batch: int | None = None  # at most this many masked images per model call (None: all at once on
+                                  # a GPU, about 4 MiB of them on a CPU: ours, sas_fast/cpu_memory.py)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
     precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast + channels-last; masks stay
                                   # fp32); auto: bf16 where the device computes it natively (ours, precision.py)
