@@ -67,3 +67,12 @@ def resolve_precision(precision: str, device: torch.device | str,
                                      f"({torch.backends.cpu.get_cpu_capability()}, AVX512-BF16/AMX)")
         return Precision("fp32", why_not)
     return Precision("fp32", f"no native bf16 known for device type {device.type!r}")
+
+
+def cpu_capability() -> str:
+    """What a CPU benchmark figure depends on: ATen's dispatch level (``"AVX2"``, ``"AVX512"``,
+    after ``ATEN_CPU_CAPABILITY``) and the native bf16 units, e.g. ``"AVX512 +AVX512-BF16 +AMX-BF16"``."""
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    units = [label for name, label in (("avx512_bf16", "+AVX512-BF16"), ("amx_bf16", "+AMX-BF16"))
+             if caps.get(name)]
+    return " ".join([torch.backends.cpu.get_cpu_capability(), *units])

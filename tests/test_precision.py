@@ -6,7 +6,7 @@ from torch import nn
 
 from sas_fast import attribute
 from sas_fast.config import SaSConfig
-from sas_fast.precision import resolve_precision
+from sas_fast.precision import cpu_capability, resolve_precision
 
 AVX2_ONLY = {"architecture": "x86_64", "avx2": True, "avx512_f": False, "avx512_bf16": False,
              "amx_bf16": False, "amx_tile": False}
@@ -101,3 +101,12 @@ def test_attribute_default_runs_the_model_as_resolved(cpu, caps, dispatch, onedn
     attribute(model, torch.randn(1, 3, 16, 16), 0, iterations=2, window=3)
     steps = model.seen[1:]                        # the first forward is the clean image's
     assert len(steps) == 2 and all(s == autocast for s in steps)
+
+
+def test_cpu_capability_names_the_dispatch_level_and_the_bf16_units(cpu):
+    cpu(AMX, "AVX512")
+    assert cpu_capability() == "AVX512 +AMX-BF16"
+    cpu(AVX512_BF16, "AVX2")
+    assert cpu_capability() == "AVX2 +AVX512-BF16"
+    cpu(AVX2_ONLY, "AVX2")
+    assert cpu_capability() == "AVX2"
