@@ -33,6 +33,7 @@ from sas_fast.config import SaSConfig
 from sas_fast.iteration import WARMUP, IterationRunner
 from sas_fast.models.cifar import resnet8, vgg16_features
 from sas_fast.ops import reference
+from sas_fast.precision import cpu_capability
 from sas_fast.schedule import Objective, sas_step
 
 RUN_ITERATIONS = {32: 200, 224: 800}
@@ -189,11 +190,14 @@ def main(argv=None):
                 rows.append(bench(name, size, b, precision, args, device))
                 print(f"done {name} {size}px B={b} {precision}: {rows[-1]}", flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\ndevice: {name}, torch {torch.__version__}, K = {args.num_masks}, median of {args.iters}")
+    capability = cpu_capability()
+    print(f"\ndevice: {name}, CPU capability {capability}, {torch.get_num_threads()} CPU threads, "
+          f"torch {torch.__version__}, K = {args.num_masks}, median of {args.iters}")
     print(_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "rows": rows}, f, indent=1)
+            json.dump({"device": name, "cpu_capability": capability, "threads": torch.get_num_threads(),
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

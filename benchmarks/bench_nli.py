@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sas_fast.evaluate import nli_impute
+from sas_fast.precision import cpu_capability
 
 
 def game_masks(n_images: int, size: int, generator: torch.Generator) -> tuple:
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch solver on {name} ({torch.get_num_threads()} CPU threads), scipy on the CPU")
+    print(f"torch solver on {name} ({torch.get_num_threads()} CPU threads, CPU capability "
+          f"{cpu_capability()}), scipy on the CPU")
     print("| size | masks | scipy ms / mask | torch ms / mask | speed-up | max abs diff |")
     print("| --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:

@@ -4,7 +4,8 @@ against the eager reference and ``torch.compile(reference)`` in the same run.
     pytest benchmarks/test_ops_bench.py --benchmark-group-by=param:case --benchmark-columns=min,median,mean
 
 Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224 only with
-``SAS_BENCH_LARGE=1``: several seconds per call for the reference on a CPU), K = 20.
+``SAS_BENCH_LARGE=1``: several seconds per call for the reference on a CPU), K = 20. Every result
+carries the CPU capability and thread count in ``extra_info`` (``--benchmark-json``).
 """
 import os
 
@@ -13,6 +14,7 @@ import torch
 
 from sas_fast import ops
 from sas_fast.ops import reference
+from sas_fast.precision import cpu_capability
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SIZES = [(1, 32, 7), (16, 32, 7), (1, 224, 41)]
@@ -20,6 +22,11 @@ if os.environ.get("SAS_BENCH_LARGE") == "1" or DEVICE == "cuda":
     SIZES.append((16, 224, 41))
 CASES = [pytest.param(s, id=f"B{s[0]}-{s[1]}px") for s in SIZES]
 BACKENDS = ["reference", "compiled", "triton", "cpp"]
+
+
+@pytest.fixture(autouse=True)
+def _record_cpu(benchmark):
+    benchmark.extra_info.update(cpu_capability=cpu_capability(), threads=torch.get_num_threads())
 
 
 def _fn(op: str, backend: str):

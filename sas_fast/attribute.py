@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from . import ops
 from .checks import FiniteWatch, check_images, model_logits, resolve_target
 from .config import SaSConfig, make_config
+from .cpu_memory import default_max_batch, tune_malloc
 from .iteration import IterationRunner
+from .precision import resolve_precision
 from .schedule import Objective, mask_areas, mode_names
 
 
@@ -109,7 +111,12 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     if images.dim() == 4:
         config = config.resolved(*images.shape[-2:])
     check_images(images, config.window or 3)
-    config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device))
+    config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device),
+                                 precision=resolve_precision(config.precision, images.device,
+                                                             images.dtype).precision,
+                                 max_batch=config.max_batch or default_max_batch(images))
+    if images.device.type == "cpu":
+        tune_malloc()
     layer = _resolve_layer(model, layer)
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
@@ -217,8 +224,9 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         additional_forward_args: extra positional arguments of ``model``; tensors whose first
             dimension is B are indexed per image.
         **options: any other :class:`sas_fast.config.SaSConfig` field (``lr``, ``window``,
-            ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ``precision``,
-            ``cuda_graph``, ...).
+            ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ``cuda_graph``, ...;
+            ``precision``: ``"auto"`` (default: bf16 autocast where the device computes bf16
+            natively and the images are float32, see :mod:`sas_fast.precision`), ``"fp32"``, ``"bf16"``).
 
     Returns:
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,

@@ -16,13 +16,16 @@ import numpy as np
 import torch
 
 from .checks import check_writable
+from .config import PRESETS, PRECISIONS
 from .dataset_run import add_cli_arguments as add_dataset_commands
 from .dataset_run import run_command
+from .precision import resolve_precision
 
-#: ``explain --demo``: 80 iterations with a bf16 model, about two minutes on a 2-core CPU
-#: (benchmarks/RESULTS.md).
-DEMO_ITERATIONS = 80
-DEMO_PRECISION = "bf16"
+#: ``explain --demo``: preset ``fast-imagenet`` (3 of the 18 inner areas per iteration, lr 0.1 with
+#: cosine decay) cut to 160 iterations, 960 model image-passes: about two minutes of SaS on two
+#: AVX2-only cores in fp32 (benchmarks/RESULTS.md).
+DEMO_PRESET = "fast-imagenet"
+DEMO_ITERATIONS = 160
 DEMO_PHOTO = "chelsea"
 
 
@@ -70,23 +73,33 @@ def _names(args) -> list:
     return list(args.images)
 
 
+def _schedule(args) -> tuple:
+    """(preset, iterations) of --demo / --preset / --iterations."""
+    preset = args.preset or (DEMO_PRESET if args.demo else "default")
+    if args.iterations is not None:
+        return preset, args.iterations
+    if args.demo and args.preset is None:
+        return preset, DEMO_ITERATIONS
+    return preset, PRESETS[preset].iterations
+
+
 def _inputs(args):
-    """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, iterations, precision)
-    for --demo or IMAGE..."""
+    """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, (preset, iterations),
+    precision) for --demo or IMAGE...; ``precision`` is ``--precision`` resolved
+    (:class:`sas_fast.precision.Precision`: "fp32" or "bf16", and why)."""
     names = _names(args)
     if args.demo:
         import skimage.data
 
         photos = [getattr(skimage.data, DEMO_PHOTO)()]
-        iterations = args.iterations if args.iterations is not None else DEMO_ITERATIONS
     else:
         photos = [_load_photo(p) for p in names]
-        iterations = args.iterations if args.iterations is not None else 200
+    iterations = _schedule(args)
     model, preprocess = _model(args.model)
     images = torch.cat([preprocess(p)[0] for p in photos])
     with torch.no_grad():
         probs = model(images).softmax(-1)
-    precision = args.precision or (DEMO_PRECISION if args.demo else "fp32")
+    precision = resolve_precision(args.precision, images.device, images.dtype)
     return names, photos, model, images, probs, iterations, precision
 
 
@@ -96,18 +109,20 @@ def explain(args) -> int:
     from .viz import overlay, save_png
 
     paths = _out_paths(_names(args), args.out)
-    names, photos, model, images, probs, iterations, precision = _inputs(args)
+    names, photos, model, images, probs, (preset, iterations), precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     layer = args.layer
     if layer is not None and layer not in dict(model.named_modules()):
         raise ValueError(f"model has no layer {layer!r}; try one of "
                          f"{[n for n, _ in model.named_modules() if n][:12]}")
     what = f"layer {layer}" if layer else "class"
-    print(f"SaS ({what} saliency): {len(photos)} image(s), {iterations} iterations, "
-          f"backend {args.backend}, model precision {precision}")
+    passes = iterations * PRESETS[preset].passes_per_iteration()
+    print(f"SaS ({what} saliency): {len(photos)} image(s), preset {preset}, {iterations} iterations "
+          f"({passes} model passes per image), backend {args.backend}, model precision "
+          f"{precision.precision} ({precision.reason})")
     start = time.perf_counter()
-    saliency = attribute(model, images, target, iterations=iterations, layer=layer,
-                         backend=args.backend, precision=precision, progress=True)
+    saliency = attribute(model, images, target, preset=preset, iterations=iterations, layer=layer,
+                         backend=args.backend, precision=precision.precision, progress=True)
     seconds = time.perf_counter() - start
     targets = torch.as_tensor(target).expand(len(photos))
     for i, (name, path) in enumerate(zip(names, paths)):
@@ -125,11 +140,11 @@ def compare(args) -> int:
 
     _names(args)
     out = check_writable(args.out or "compare.png")
-    names, photos, model, images, probs, iterations, precision = _inputs(args)
+    names, photos, model, images, probs, (preset, iterations), precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
     methods = {
-        "SaS": lambda: attribute(model, images, target, iterations=iterations, backend=args.backend,
-                                 precision=precision, progress=True),
+        "SaS": lambda: attribute(model, images, target, preset=preset, iterations=iterations,
+                                 backend=args.backend, precision=precision.precision, progress=True),
         "GradCAM": lambda: baselines.grad_cam(model, images, target),
         "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
         "Guided BP": lambda: baselines.guided_backprop(model, images, target),
@@ -145,7 +160,8 @@ def compare(args) -> int:
     shown = [np.asarray(photo, dtype=np.float32) / 255 for photo in photos]
     rows = [[maps[m][i] / maps[m][i].max().clamp_min(1e-12) for m in maps] for i in range(len(photos))]
     attribution_grid(shown, rows, list(maps), out, row_titles=[Path(n).stem for n in names])
-    print(f"SaS with {iterations} iterations; grid -> {out}")
+    print(f"SaS preset {preset}, {iterations} iterations, model precision {precision.precision} "
+          f"({precision.reason}); grid -> {out}")
     return 0
 
 
@@ -155,11 +171,15 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--demo", action="store_true", help=f"use the bundled photo '{DEMO_PHOTO}'")
     p.add_argument("--model", default="efficientnet-lite0")
     p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help=f"SaS preset (default 'default'; with --demo {DEMO_PRESET} cut to {DEMO_ITERATIONS} "
+                        "iterations)")
     p.add_argument("--iterations", type=int, default=None,
-                   help=f"optimisation steps (default 200; {DEMO_ITERATIONS} with --demo)")
+                   help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} with --demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                   help=f"model precision (default fp32; {DEMO_PRECISION} with --demo)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="model precision (default auto: bf16 where the device computes it natively, "
+                        "else fp32)")
     p.add_argument("--out", default=None, help=out_help)
 
 

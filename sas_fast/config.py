@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .checks import is_int, is_real
 
 MODES = ("insertion", "deletion", "both")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
 
 
@@ -48,9 +48,11 @@ class SaSConfig:
     threshold_tol: float = 1e-4   # stop the LM solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # LM iteration cap (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
-    max_batch: int | None = None  # at most this many masked images per model call (None: all; see above)
+    max_batch: int | None = None  # at most this many masked images per model call (None: all at once on
+                                  # a GPU, about 4 MiB of them on a CPU: ours, sas_fast/cpu_memory.py; see above)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
-    precision: str = "fp32"       # model precision: fp32 | bf16 (autocast + channels-last; masks stay fp32)
+    precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast + channels-last; masks stay
+                                  # fp32); auto: bf16 where the device computes it natively (ours, precision.py)
     cuda_graph: bool = False      # replay each iteration from one CUDA graph (CUDA + triton backend only)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 

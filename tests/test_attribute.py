@@ -291,7 +291,7 @@ def test_train_mode_model_is_evaluated_in_eval_mode_and_restored():
 
 def test_bf16_precision_agrees_with_fp32(model):
     images = textured_images()
-    fp32 = attribute(model, images, 0, iterations=10)
+    fp32 = attribute(model, images, 0, iterations=10, precision="fp32")
     bf16 = attribute(model, images, 0, iterations=10, precision="bf16")
     corr = torch.corrcoef(torch.stack([fp32.flatten(), bf16.flatten()]))[0, 1]
     assert corr > 0.95 and (region_recall(bf16) > 0.5).all()
@@ -321,7 +321,7 @@ def test_half_precision_model_and_images(dtype):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 3)).eval()
     images = torch.randn(2, 3, 20, 24)
-    fp32 = attribute(model, images, 1, iterations=5)
+    fp32 = attribute(model, images, 1, iterations=5, precision="fp32")
     half = attribute(model.to(dtype), images.to(dtype), 1, iterations=5)
     assert half.dtype == torch.float32 and half.shape == (2, 20, 24)
     assert torch.corrcoef(torch.stack([fp32.flatten(), half.flatten()]))[0, 1] > 0.99

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from sas_fast.precision import cpu_capability
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,9 @@ def test_bench_attribute_quick_cpu(tmp_path, capsys):
     assert row["images"] == 2 * (4 - 2) * 1
     assert row["cnn"] > 0 and row["reference"] > 0
     assert row["graph"] is None                       # CUDA graphs need a GPU
-    assert "fused/cnn" in capsys.readouterr().out
+    assert json.loads(out.read_text())["cpu_capability"] == cpu_capability()
+    printed = capsys.readouterr().out
+    assert "fused/cnn" in printed and f"CPU capability {cpu_capability()}" in printed
 
 
 def test_bench_nli_solvers_agree():

@@ -1,6 +1,7 @@
 """The CLI: the demo and a user's photo each give an overlay PNG of the photo's own size."""
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="CLI tests need the 'demo' extra")
 import matplotlib.image  # noqa: E402
@@ -8,7 +9,8 @@ import skimage.data  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sas_fast import baselines  # noqa: E402
-from sas_fast.cli import main  # noqa: E402
+from sas_fast.cli import _inputs, build_parser, main  # noqa: E402
+from sas_fast.precision import resolve_precision  # noqa: E402
 
 
 def test_demo_writes_overlay_of_the_photo_size(tmp_path, capsys):
@@ -16,7 +18,28 @@ def test_demo_writes_overlay_of_the_photo_size(tmp_path, capsys):
     assert main(["explain", "--demo", "--iterations", "1", "--out", str(out)]) == 0
     png = matplotlib.image.imread(out)
     assert png.shape[:2] == skimage.data.chelsea().shape[:2]
-    assert "1 iterations" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 iterations" in printed and f"model precision {resolve_precision('auto', 'cpu').precision}" in printed
+
+
+def test_demo_uses_the_fast_preset_and_preset_is_honoured():
+    from sas_fast.cli import DEMO_ITERATIONS, DEMO_PRESET, _schedule
+    from sas_fast.config import PRESETS
+
+    parse = build_parser().parse_args
+    assert _schedule(parse(["explain", "--demo"])) == (DEMO_PRESET, DEMO_ITERATIONS)
+    assert DEMO_ITERATIONS * PRESETS[DEMO_PRESET].passes_per_iteration() <= 1000
+    assert _schedule(parse(["explain", "x.png"])) == ("default", 200)
+    assert _schedule(parse(["explain", "x.png", "--preset", "fast"])) == ("fast", 300)
+    assert _schedule(parse(["compare", "--demo", "--preset", "paper-imagenet"])) == ("paper-imagenet", 800)
+    assert _schedule(parse(["explain", "--demo", "--preset", "fast", "--iterations", "7"])) == ("fast", 7)
+
+
+def test_precision_defaults_to_auto_and_is_resolved_per_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    args = build_parser().parse_args(["explain", "--demo"])
+    assert args.precision == "auto"
+    assert _inputs(args)[-1] == ("fp32", "the CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)")
 
 
 def test_explain_user_photo_with_target_and_layer(tmp_path):

@@ -28,7 +28,8 @@ def test_cuda_graph_replays_the_eager_iterations(b, h, w, mode):
     3 eager warm-up, 1 capture + replay, 8 replays)."""
     model, x = _cnn(), _images(b, h, w)
     runs = [attribute(model, x, [1, 2, 3][:b], mode=mode, iterations=12, backend="triton",
-                      cuda_graph=graph, return_trace=True, trace_iterations=(2, 3, 4, 11), progress=False)
+                      cuda_graph=graph, return_trace=True, trace_iterations=(2, 3, 4, 11), progress=False,
+                      precision="fp32")
             for graph in (False, True)]
     (eager, eager_trace), (graphed, graphed_trace) = runs
     torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-4)
@@ -42,7 +43,8 @@ def test_cuda_graph_bf16_micro_batches_and_feature_saliency():
     model, x = _cnn(), _images(2, 32, 32)
     for options in ({"precision": "bf16"}, {"max_batch": 7}, {"layer": model[3]}):
         eager, graphed = (attribute(model, x, 4, iterations=8, backend="triton", cuda_graph=g,
-                                    progress=False, **options) for g in (False, True))
+                                    progress=False, **{"precision": "fp32", **options})
+                           for g in (False, True))
         assert torch.isfinite(graphed).all()
         torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-3, msg=f"options {options}")
 

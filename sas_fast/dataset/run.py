@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..attribute import attribute
 from ..checks import model_logits
 from ..config import PRECISIONS, make_config
+from ..precision import resolve_precision
 from ..schedule import mask_areas, mode_names
 from .chunks import (MANIFEST, chunk_ranges, read_json, record_file, remove_temp_files,
                      verified_record, write_chunk, write_json)
@@ -290,8 +291,9 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
         out_dir: output folder (created); rerunning on it resumes the run.
         batch_size: images per :func:`sas_fast.attribute` call.
         iterations, seed: SaS iterations and pre-mask seed.
-        precision: None / ``"fp32"``, or ``"bf16"`` (the model under bf16 autocast; the
-            clean-image scores too).
+        precision: None / ``"fp32"``, ``"bf16"`` (the model under bf16 autocast; the
+            clean-image scores too), or ``"auto"`` (bf16 where the device computes it natively,
+            :mod:`sas_fast.precision`; the manifest records the choice).
         targets: ``"labels"``, ``"predicted"`` (top-1 on the clean image), or ``"auto"``
             (labels when the source has them).
         chunk_size: images per chunk file (the unit of resumption and of sharding).
@@ -309,9 +311,9 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
     if targets == "labels" and source.labels is None:
         raise DatasetRunError(f"{images_src} has no labels: use targets 'predicted'")
     use_labels = targets != "predicted" and source.labels is not None
-    precision = precision or "fp32"
     out = _prepare_out_dir(out_dir)
     workers = start_workers()
+    precision = resolve_precision(precision or "fp32", workers.device).precision
     try:
         config = {"source": describe(source), "model": model_spec,
                   "targets": "labels" if use_labels else "predicted", "seed": seed,
