@@ -22,8 +22,8 @@ from .dataset_run import run_command
 from .precision import resolve_precision
 
 #: ``explain --demo``: preset ``fast-imagenet`` (3 of the 18 inner areas per iteration, lr 0.1 with
-#: cosine decay) cut to 160 iterations, 960 model image-passes: about two minutes of SaS on two
-#: AVX2-only cores in fp32 (benchmarks/RESULTS.md).
+#: cosine decay) cut to 160 iterations: 960 model image-passes, a third of the 80 default
+#: iterations it replaced (timings in benchmarks/RESULTS.md).
 DEMO_PRESET = "fast-imagenet"
 DEMO_ITERATIONS = 160
 DEMO_PHOTO = "chelsea"
