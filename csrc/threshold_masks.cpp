@@ -42,8 +42,10 @@ class Sigmoids {
     }
   }
 
-  // The n values sig_i(t).
+  // The n values sig_i(t) (kept: asking again for the last t costs nothing).
   const std::vector<double>& at(double t) {
+    if (t == t_) return sig_;
+    t_ = t;
     const double z = s_ * (t - c_);
     if (!e_.empty() && std::abs(z) < 700) {
       const double et = std::exp(z);
@@ -57,7 +59,7 @@ class Sigmoids {
  private:
   const T* x_;
   int64_t n_;
-  double s_, c_;
+  double s_, c_, t_ = NAN;
   std::vector<double> e_, sig_;
 };
 
