@@ -76,7 +76,7 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, t
             newton = newton_ok & (t_newton > lo) & (t_newton < hi)
             t_new = tl.where(newton, t_newton, (lo + hi) / 2)
             r_new, t_newton = _evaluate(x_row, t_new, a, logit_a, s, N, ACC, BLOCK)
-            newton_ok = (not newton) | (tl.abs(r_new) <= 0.5 * tl.abs(r))
+            newton_ok = (~newton) | (tl.abs(r_new) <= 0.5 * tl.abs(r))
             lo = tl.where(r_new > 0, tl.maximum(lo, t_new), lo)
             hi = tl.where(r_new <= 0, tl.minimum(hi, t_new), hi)
             t = t_new
