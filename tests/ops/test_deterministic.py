@@ -1,7 +1,8 @@
 """Smooth + soft-max-pool on the fused backends: the backward has no atomics (no
 ``reflection_pad2d_backward``, no atomic adds), so two runs give bit-identical gradients and
-the op runs under ``torch.use_deterministic_algorithms(True)``; the reflection padding folded
-back inside the kernels is exact on the smallest images (H = W = window)."""
+the op runs under ``torch.use_deterministic_algorithms(True)`` (so does the whole mask
+pipeline); the reflection padding folded back inside the kernels is exact on the smallest
+images (H = W = window)."""
 import pytest
 import torch
 
@@ -65,3 +66,27 @@ def test_reflection_fold_on_images_as_small_as_the_window(backend, device, h, w,
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     assert torch.autograd.gradcheck(lambda p: ops.smooth_softmax_pool(p, window, 1.5, backend=backend),
                                     (premask,), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_mask_pipeline_backward_is_bit_identical(backend, device, deterministic_mode):
+    """Schedule, masks, insertion and deletion images, backward to the pre-mask, twice: equal bits."""
+    b, size, window, k = (2, 224, 41, 20) if device == "cuda" else (2, 21, 5, 6)
+    r = window // 2
+    g = torch.Generator().manual_seed(5)
+    premask = torch.randn(b, 1, size + 2 * r, size + 3 + 2 * r, generator=g).to(device)
+    pyramid = ops.blur_pyramid(torch.randn(b, 3, size, size + 3, generator=g).to(device), 8, 2.0,
+                               backend=backend)
+    areas = torch.linspace(0, 1, k, device=device)[1:-1]
+    upstream = torch.randn(b, 2 * (k - 2), 3, size, size + 3, generator=g).to(device)
+    grads = []
+    for _ in range(2):
+        leaf = premask.clone().requires_grad_(True)
+        masks, _ = ops.threshold_masks(ops.smooth_softmax_pool(leaf, window, 1.0, backend=backend),
+                                       areas, 20.0, backend=backend)
+        images = torch.cat([ops.pyramid_mask(pyramid, masks, backend=backend),
+                            ops.pyramid_mask(pyramid, 1 - masks, backend=backend)], dim=1)
+        (grad,) = torch.autograd.grad(images, leaf, upstream)
+        grads.append(grad)
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().max() > 0
+    assert torch.equal(grads[0], grads[1])
