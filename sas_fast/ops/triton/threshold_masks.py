@@ -70,7 +70,7 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, t
         hi = tl.where(r <= 0, tl.minimum(hi, t), hi)
         t_best = t
         r_best = r
-        newton_ok = a > 0                                   # the last Newton step halved |r|
+        newton_ok = a > 0            # True: the last Newton step (none yet) halved |r|
         it = 0
         while (it < max_iter) & (tl.abs(r) >= tol):
             newton = newton_ok & (t_newton > lo) & (t_newton < hi)
