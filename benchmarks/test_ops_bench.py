@@ -69,14 +69,24 @@ def test_smooth_softmax_pool(benchmark, case, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES)
-def test_threshold_masks(benchmark, case, backend):
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_threshold_masks(benchmark, case, backend, start):
+    """``cold``: quantile start (a run's first iteration); ``warm``: the thresholds of the
+    schedule before one Adam-sized step of the pre-mask (+-0.05, signs of a smooth field)."""
     fn = _fn("threshold_masks", backend)
     premask, _, areas = _inputs(*case)
     schedule = reference.smooth_softmax_pool(premask, case[2]).detach().requires_grad_(True)
+    init = None
+    if start == "warm":
+        b, _, hp, wp = premask.shape
+        r = case[2] // 2
+        noise = torch.randn(b, 1, hp + 2 * r, wp + 2 * r, generator=torch.Generator().manual_seed(1))
+        before = premask - 0.05 * reference.gaussian_smooth(noise.to(DEVICE), case[2]).sign()
+        init = reference.solve_thresholds(reference.smooth_softmax_pool(before, case[2]), areas, 20.0)
     weights = torch.randn(schedule.shape[0], areas.numel(), *schedule.shape[-2:], device=DEVICE)
 
     def run():
-        masks, _ = fn(schedule, areas, 20.0, None, True, tol=1e-4, max_iter=50)
+        masks, _ = fn(schedule, areas, 20.0, init, True, tol=1e-4, max_iter=50)
         (masks * weights).sum().backward()
         _sync()
 

@@ -1,12 +1,17 @@
 // Masks of prescribed areas from a schedule (paper eq. 3-6), forward and implicit-gradient backward.
 //
-// For each image b and area a_k in (0, 1), the rule of reference.solve_thresholds: Levenberg-
-// Marquardt on the scalar residual
-//   r(t) = mean_i sig_i^2 - a_k,  sig_i = sigmoid(s (x_i - t)),  J = -2 s mean_i sig_i^2 (1 - sig_i),
-//   step dt = -J r / (J^2 + lam), taken only if it lowers |r| (then lam /= 10, else lam *= 10),
-// safeguarded by a bracket [lo, hi] of the root (initially min x - (logit(sqrt a) + 1) / s and
-// max x - (logit(sqrt a) - 1) / s) and bisection; start: the (1 - a_k) quantile of x or a warm
-// start, clamped into the bracket; stop: |r| < tol or max_iter steps.
+// For each image b and area a_k in (0, 1), the rule of reference.solve_thresholds: a bracketed,
+// safeguarded Newton solve of
+//   r(t) = A(t) - a_k,  A(t) = mean_i sig_i^2,  sig_i = sigmoid(s (x_i - t)),
+//   A'(t) = J = -2 s mean_i sig_i^2 (1 - sig_i),
+// with Newton run on rho(t) = logit(sqrt A) - logit(sqrt a_k) (same root and sign as r; linear in t
+// when all pixels are equal): rho' = J / (2 A (1 - sqrt A)), t_N = t - rho / rho'. The root stays
+// in a bracket [lo, hi] (initially min x - (logit(sqrt a) + 1) / s and max x - (logit(sqrt a) - 1)
+// / s), shrunk by every evaluated point. Each step evaluates t_N if it is defined (0 < A < 1,
+// J < 0) and strictly inside the bracket and the previous Newton step (if any) at least halved
+// |r|, else the bisection (lo + hi) / 2; flat stretches (J = 0) therefore cannot stall it. Start:
+// the (1 - a_k) quantile of x or a warm start, clamped into the bracket; stop: |r| < tol or
+// max_iter steps; result: the evaluated point of least |r|.
 // Masks m_k = sigmoid(s (x - t_k)); a_k = 0 / 1 give exact 0 / 1 masks and t = +inf / -inf.
 // Backward (SPEC section 3), with G_ki = dL/dm_ki s m_ki (1 - m_ki) and w_ki = m_ki^2 (1 - m_ki):
 //   implicit: dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)]
@@ -37,8 +42,10 @@ class Sigmoids {
     }
   }
 
-  // The n values sig_i(t).
+  // The n values sig_i(t) (kept: asking again for the last t costs nothing).
   const std::vector<double>& at(double t) {
+    if (t == t_) return sig_;
+    t_ = t;
     const double z = s_ * (t - c_);
     if (!e_.empty() && std::abs(z) < 700) {
       const double et = std::exp(z);
@@ -52,14 +59,14 @@ class Sigmoids {
  private:
   const T* x_;
   int64_t n_;
-  double s_, c_;
+  double s_, c_, t_ = NAN;
   std::vector<double> e_, sig_;
 };
 
-// (r(t), J(t)) = (mean sig^2 - a, -2 s mean sig^2 (1 - sig)), accumulated in double (4 partial
-// sums each, so that the additions pipeline).
+// (A(t), J(t)) = (mean sig^2, -2 s mean sig^2 (1 - sig)), accumulated in double (4 partial sums
+// each, so that the additions pipeline).
 template <typename T>
-std::pair<double, double> residual(Sigmoids<T>& sigmoids, double s, double t, double a) {
+std::pair<double, double> area_and_slope(Sigmoids<T>& sigmoids, double s, double t) {
   const std::vector<double>& sig = sigmoids.at(t);
   const int64_t n = static_cast<int64_t>(sig.size());
   double q[4] = {0, 0, 0, 0}, j[4] = {0, 0, 0, 0};
@@ -76,35 +83,39 @@ std::pair<double, double> residual(Sigmoids<T>& sigmoids, double s, double t, do
     j[0] += sig[i] * sig[i] * (1.0 - sig[i]);
   }
   const double nd = static_cast<double>(n);
-  return {(q[0] + q[1] + q[2] + q[3]) / nd - a, -2.0 * s * (j[0] + j[1] + j[2] + j[3]) / nd};
+  return {(q[0] + q[1] + q[2] + q[3]) / nd, -2.0 * s * (j[0] + j[1] + j[2] + j[3]) / nd};
 }
 
 // Root of r on one (b, k); lo / hi bracket it (r(lo) >= 0 >= r(hi)) and shrink with every
-// evaluated point; an LM step outside the inner 98 % of the bracket is replaced by bisection.
+// evaluated point; the Newton step on rho is taken while it stays strictly inside and pays off.
 template <typename T>
 double solve(Sigmoids<T>& sig, double s, double a, double t, double lo, double hi,
              double tol, int64_t max_iter) {
-  const auto shrink = [&](double tp, double rp) {
-    if (rp > 0) lo = std::max(lo, tp);
-    if (rp <= 0) hi = std::min(hi, tp);
+  const double logit_a = std::log(std::sqrt(a) / (1.0 - std::sqrt(a)));
+  double r = 0.0, t_newton = NAN;
+  const auto evaluate = [&](double tp) {  // r and the Newton point at tp; shrinks the bracket
+    const auto [area, jac] = area_and_slope(sig, s, tp);
+    r = area - a;
+    const double root = std::sqrt(area);
+    t_newton = (area > 0 && area < 1 && jac < 0)
+                   ? tp - (std::log(root / (1.0 - root)) - logit_a) * 2.0 * area * (1.0 - root) / jac
+                   : NAN;
+    if (r > 0) lo = std::max(lo, tp);
+    if (r <= 0) hi = std::min(hi, tp);
   };
   t = std::min(std::max(t, lo), hi);
-  auto [r, jac] = residual(sig, s, t, a);
-  shrink(t, r);
-  double lam = 1e-3;
+  evaluate(t);
+  double t_best = t, r_best = r;
+  bool newton_ok = true;  // the last Newton step halved |r|
   for (int64_t it = 0; it < max_iter && std::abs(r) >= tol; ++it) {
-    const double t_lm = t - jac * r / (jac * jac + lam), margin = 0.01 * (hi - lo);
-    const double t_new = (t_lm > lo + margin && t_lm < hi - margin) ? t_lm : (lo + hi) / 2;
-    const auto [r_new, jac_new] = residual(sig, s, t_new, a);
-    shrink(t_new, r_new);
-    if (std::abs(r_new) < std::abs(r)) {
-      t = t_new, r = r_new, jac = jac_new, lam /= 10;
-    } else {
-      lam *= 10;
-    }
-    lam = std::clamp(lam, 1e-12, 1e12);
+    const bool newton = newton_ok && t_newton > lo && t_newton < hi;
+    const double r_old = r;
+    t = newton ? t_newton : (lo + hi) / 2;
+    evaluate(t);
+    newton_ok = !newton || std::abs(r) <= 0.5 * std::abs(r_old);
+    if (std::abs(r) < std::abs(r_best)) t_best = t, r_best = r;
   }
-  return t;
+  return t_best;
 }
 
 // Reorders v so that v[i] holds its sorted value for every i in the sorted index list

@@ -86,20 +86,26 @@ def mask_area(masks: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
                      thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
-                     max_iter: int = 50) -> torch.Tensor:
-    """Batched, bracketed Levenberg-Marquardt for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
+                     max_iter: int = 50, return_iterations: bool = False):
+    """Batched, bracketed, safeguarded Newton solve for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
 
-    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] -> thresholds ``B x K``.
-    Residual ``r(t) = mean_i sig_i^2 - a`` (decreasing in t), Jacobian
-    ``J = -2 s mean_i sig_i^2 (1 - sig_i)``, LM step ``dt = -J r / (J^2 + lam)``; ``lam /= 10``
-    after a step that lowers ``|r|``, else ``lam *= 10`` and the step is not taken.
-    Safeguard: the root stays bracketed by ``[lo, hi]`` (initially
+    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] -> thresholds ``B x K`` (and, with
+    ``return_iterations``, the number of steps each (b, k) took, ``B x K`` int64).
+    Residual ``r(t) = A(t) - a``, ``A(t) = mean_i sig_i^2`` (decreasing in t), ``A' = J =
+    -2 s mean_i sig_i^2 (1 - sig_i)``. Newton runs on ``rho(t) = logit(sqrt A(t)) - logit(sqrt a)``
+    (same root and sign as r; exactly linear, ``s (x - t) - logit sqrt a``, when all pixels are
+    equal, and nearly so in the exponential tails): ``rho' = J / (2 A (1 - sqrt A))``, step
+    ``t_N = t - rho / rho'``. Safeguard: the root stays bracketed by ``[lo, hi]`` (initially
     ``min x - (logit(sqrt a) + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``, where r >= 0 and
-    r <= 0), shrunk by every evaluated point; an LM step that leaves the inner 98 % of the
-    bracket is replaced by bisection (so flat stretches of r, J = 0, cannot stall it).
-    Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule.
-    Stops when ``max |r| < tol`` or after ``max_iter``. Areas 0 and 1 are not solved:
-    their thresholds are +inf / -inf (masks exactly 0 / 1).
+    r <= 0), shrunk by every evaluated point. Each step evaluates one point: ``t_N`` if it is
+    defined (0 < A < 1, J < 0) and strictly inside the bracket, and the previous Newton step
+    (if any) at least halved ``|r|``; otherwise the bisection ``(lo + hi) / 2``. So Newton
+    converges quadratically near the root, and every Newton step that does not pay off is
+    followed by a halving of the bracket: flat stretches of r (J = 0) cannot stall it.
+    Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule, clamped
+    into the bracket. Stops when ``max |r| < tol`` or after ``max_iter`` steps; returns the
+    evaluated point of least ``|r|``. Areas 0 and 1 are not solved: their thresholds are
+    +inf / -inf (masks exactly 0 / 1).
     """
     x = schedule.flatten(1).unsqueeze(1)                    # B x 1 x N
     a = areas.to(x.dtype).view(1, -1)                        # 1 x K
@@ -114,33 +120,40 @@ def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: flo
         t = torch.where(inner, thresholds_init.to(x.dtype), torch.zeros_like(lo))
     t = torch.minimum(torch.maximum(t, lo), hi)
 
-    def residual(t):
-        return torch.sigmoid(sharpness * (x - t.unsqueeze(-1))).square().mean(-1) - a_in
+    def evaluate(t):
+        """``(r(t), t_N(t))``; t_N is NaN where the Newton step is undefined."""
+        sig = torch.sigmoid(sharpness * (x - t.unsqueeze(-1)))
+        area = sig.square().mean(-1)
+        jac = -2 * sharpness * (sig.square() * (1 - sig)).mean(-1)
+        root = area.sqrt()
+        defined = (area > 0) & (area < 1) & (jac < 0)
+        step = (torch.log(root / (1 - root)) - logit) * 2 * area * (1 - root) / jac
+        return area - a_in, torch.where(defined, t - step, torch.full_like(t, math.nan))
 
-    def shrink(lo, hi, t, r):
-        return torch.where(r > 0, torch.maximum(lo, t), lo), torch.where(r <= 0, torch.minimum(hi, t), hi)
-
-    r = residual(t)
-    lo, hi = shrink(lo, hi, t, r)
-    lam = torch.full_like(t, 1e-3)
+    r, t_newton = evaluate(t)
+    lo = torch.where(r > 0, torch.maximum(lo, t), lo)
+    hi = torch.where(r <= 0, torch.minimum(hi, t), hi)
+    t_best, r_best = t, r
+    newton_ok = torch.ones_like(t, dtype=torch.bool)         # the last Newton step halved |r|
+    steps = torch.zeros(t.shape, dtype=torch.int64, device=t.device)
     for _ in range(max_iter):
         active = inner & (r.abs() >= tol)
         if not active.any():
             break
-        sig = torch.sigmoid(sharpness * (x - t.unsqueeze(-1)))
-        jac = -2 * sharpness * (sig.square() * (1 - sig)).mean(-1)
-        t_lm = t - jac * r / (jac.square() + lam)
-        margin = 0.01 * (hi - lo)
-        inside = (t_lm > lo + margin) & (t_lm < hi - margin)
-        t_new = torch.where(inside, t_lm, (lo + hi) / 2)
-        r_new = residual(t_new)
-        lo, hi = shrink(lo, hi, torch.where(active, t_new, lo), torch.where(active, r_new, r.new_ones(())))
-        better = active & (r_new.abs() < r.abs())
-        t = torch.where(better, t_new, t)
-        r = torch.where(better, r_new, r)
-        lam = torch.where(better, lam / 10, torch.where(active, lam * 10, lam)).clamp(1e-12, 1e12)
+        newton = newton_ok & (t_newton > lo) & (t_newton < hi)
+        t_new = torch.where(newton, t_newton, (lo + hi) / 2)
+        r_new, t_newton_new = evaluate(t_new)
+        newton_ok = torch.where(active, ~newton | (r_new.abs() <= 0.5 * r.abs()), newton_ok)
+        lo = torch.where(active & (r_new > 0), torch.maximum(lo, t_new), lo)
+        hi = torch.where(active & (r_new <= 0), torch.minimum(hi, t_new), hi)
+        t, r, t_newton = (torch.where(active, new, old) for new, old in
+                          ((t_new, t), (r_new, r), (t_newton_new, t_newton)))
+        better = r.abs() < r_best.abs()
+        t_best, r_best = torch.where(better, t, t_best), torch.where(better, r, r_best)
+        steps += active
     big = torch.tensor(float("inf"), dtype=t.dtype, device=t.device)
-    return torch.where(inner, t, torch.where(a <= 0, big, -big))
+    t = torch.where(inner, t_best, torch.where(a <= 0, big, -big))
+    return (t, steps) if return_iterations else t
 
 
 def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,

@@ -4,9 +4,9 @@ Same signatures as :mod:`sas_fast.ops.reference`; each op is a ``torch.autograd.
 in its own module (kernels and autograd wiring together):
 
 - :func:`smooth_softmax_pool` (``smooth_softmax_pool.py``): Gaussian valid blur + the separable,
-  stable soft-max-pool; backward as window sums.
+  stable soft-max-pool; backward as window sums, deterministic (gathers only, no atomics).
 - :func:`threshold_masks` (``threshold_masks.py``): one program per (image, area) pair runs the
-  Levenberg-Marquardt solve and writes its mask; implicit-gradient backward.
+  safeguarded Newton solve and writes its mask; implicit-gradient backward.
 - :func:`blur_pyramid`, :func:`pyramid_mask` (``pyramid.py``).
 
 CUDA tensors run the compiled kernels. CPU tensors run under the Triton interpreter, only when

@@ -4,21 +4,26 @@ Shapes: premask ``P`` ``B x 1 x (H+2r) x (W+2r)`` -> schedule ``B x 1 x H x W``,
 
 Forward, four launches, each O(ws) per pixel (the triples go through global memory):
 1. ``x = blur_cols(blur_rows(P))``: valid Gaussian blur, sigma = (ws - 1) / 4 (two window sums).
-2. Row pass over the reflection-padded ``xp`` (``(H+2r) x (W+2r)``, never materialised: indices
-   are reflected on load): for padded row u and column j the online-softmax triple
-   ``m = max_d xp[u, j+d]``, ``e = sum_d exp(beta (xp - m))``, ``t = sum_d xp exp(beta (xp - m))``.
-3. Column pass: ``M = max_d m[i+d]``, ``E = sum_d e exp(beta (m - M))``, ``T`` likewise;
+2. Row pass: for row y and column j the online-softmax triple of the row window of the
+   reflection-padded ``xp`` (never materialised: indices are reflected on load)
+   ``m = max_d xp[y, j+d]``, ``e = sum_d exp(beta (xp - m))``, ``t = sum_d xp exp(beta (xp - m))``;
+   the padded rows are reflections of these H rows, so only H rows are stored.
+3. Column pass: ``M = max_d m[refl(i+d-r)]``, ``E = sum_d e exp(beta (m - M))``, ``T`` likewise;
    ``out = T / E``. Every exponent is <= 0: stable for any range of values.
 
-Backward. With ``c_i = g_i / E_i`` (``g`` the output gradient),
+Backward, four launches, deterministic (every output element is one program's own gather: no
+atomics, no ``reflection_pad2d_backward``). With ``c_i = g_i / E_i`` (``g`` the output gradient),
 ``d out_i / d xp_v = p_iv (1 + beta (xp_v - out_i))`` splits the same way:
-- column pass (``(H+2r) x W``): ``A_u = sum_{i: u in col(i)} c_i exp(beta (m_u - M_i))`` and
-  ``B_u = sum_i c_i exp(beta (m_u - M_i)) (out_i - m_u)``;
-- row pass (``(H+2r) x (W+2r)``): ``dxp_v = sum_{j: v in row(j)} exp(beta (xp_v - m_j))
-  (A_j + beta ((xp_v - m_j) A_j - B_j))``; ``xp_v <= m_j <= M_i`` keeps every exponent <= 0 and
-  the differences are local, so large offsets do not cancel;
-- the reflection padding is folded back (``reflection_pad2d_backward``) and the blur transposed
-  (full convolution with the same symmetric taps).
+- column pass (``H x W``): ``A_y = sum_i n_y(i) c_i exp(beta (m_y - M_i))`` and
+  ``B_y = sum_i n_y(i) c_i exp(beta (m_y - M_i)) (out_i - m_y)``, where ``n_y(i)`` counts the
+  padded rows u that reflect to row y and lie in the column window of output i;
+- row pass (``H x W``): ``dx_v = sum_j n_v(j) exp(beta (x_v - m_j)) (A_j + beta ((x_v - m_j) A_j
+  - B_j))``, ``n_v(j)`` likewise for the padded columns of pixel v in row window j. ``x_v <= m_j
+  <= M_i`` keeps every exponent <= 0 and the differences are local, so large offsets do not cancel.
+  Reflection folding: ``n_y(i) = [0 <= i < H] (1 + [y >= 1, i <= r - y] + [y <= H - 2,
+  i >= 2 H - 2 - y - r])`` for ``|i - y| <= r`` (the top and bottom mirror images of row y lie
+  in the windows of those i, which are all within r of y); the same along columns;
+- the blur is transposed (full convolution with the same symmetric taps, two window sums).
 """
 from __future__ import annotations
 
@@ -38,14 +43,22 @@ def _reflect(i, n):
 
 
 @triton.jit
+def _fold_count(y, i, n, r):
+    """How many of the reflection-padded positions of ``y`` (``|i - y| <= r``) lie in window ``i``."""
+    inside = (i >= 0) & (i < n)
+    top = (y >= 1) & (i <= r - y)
+    bottom = (y <= n - 2) & (i >= 2 * n - 2 - y - r)
+    return tl.where(inside, 1 + top.to(tl.int32) + bottom.to(tl.int32), 0)
+
+
+@triton.jit
 def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta, H, W, R, window, numel,
                          ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Triples ``(m, e, t)`` ``B x (H+2R) x W`` of the row windows of the reflection-padded x."""
+    """Triples ``(m, e, t)`` ``B x H x W`` of the row windows of the reflection-padded x."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     j = idx % W
-    u = (idx // W) % (H + 2 * R)
-    row = x_ptr + (idx // (W * (H + 2 * R))) * H * W + _reflect(u - R, H) * W
+    row = x_ptr + (idx - j)
     m = tl.full([BLOCK], float("-inf"), ACC)
     for d in range(window):
         m = tl.maximum(m, tl.load(row + _reflect(j + d - R, W), mask=valid, other=0.0).to(ACC))
@@ -62,22 +75,24 @@ def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta, H, W, R, window, nume
 
 
 @triton.jit
-def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, beta, H, W, window,
+def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, beta, H, W, R, window,
                          numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Merge the row triples of rows i..i+ws-1: ``M, E`` and ``out = T / E``, ``B x H x W``."""
+    """Merge the row triples of padded rows i..i+ws-1: ``M, E`` and ``out = T / E``, ``B x H x W``."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
-    b = idx // (H * W)
-    src = idx + b * (window - 1) * W        # (b, i, j) -> (b, i, j) in the B x (H+ws-1) x W triples
+    i = (idx // W) % H
+    base = idx - i * W                      # (b, 0, j)
     big_m = tl.full([BLOCK], float("-inf"), ACC)
     for d in range(window):
-        big_m = tl.maximum(big_m, tl.load(m_ptr + src + d * W, mask=valid, other=0.0).to(ACC))
+        at = base + _reflect(i + d - R, H) * W
+        big_m = tl.maximum(big_m, tl.load(m_ptr + at, mask=valid, other=0.0).to(ACC))
     big_e = tl.zeros([BLOCK], ACC)
     big_t = tl.zeros([BLOCK], ACC)
     for d in range(window):
-        scale = tl.exp(beta * (tl.load(m_ptr + src + d * W, mask=valid, other=0.0).to(ACC) - big_m))
-        big_e += scale * tl.load(e_ptr + src + d * W, mask=valid, other=1.0).to(ACC)
-        big_t += scale * tl.load(t_ptr + src + d * W, mask=valid, other=0.0).to(ACC)
+        at = base + _reflect(i + d - R, H) * W
+        scale = tl.exp(beta * (tl.load(m_ptr + at, mask=valid, other=0.0).to(ACC) - big_m))
+        big_e += scale * tl.load(e_ptr + at, mask=valid, other=1.0).to(ACC)
+        big_t += scale * tl.load(t_ptr + at, mask=valid, other=0.0).to(ACC)
     tl.store(big_m_ptr + idx, big_m, mask=valid)
     tl.store(big_e_ptr + idx, big_e, mask=valid)
     tl.store(out_ptr + idx, big_t / big_e, mask=valid)
@@ -85,51 +100,49 @@ def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, bet
 
 @triton.jit
 def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr, b_ptr, beta,
-                          H, W, window, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """``A_u, B_u`` (``B x (H+ws-1) x W``): window sums over the outputs i whose column window
-    holds padded row u."""
+                          H, W, R, window, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``A_y, B_y`` (``B x H x W``): sums over the outputs i whose column window holds a padded
+    copy of row y, each counted once per copy."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
-    j = idx % W
-    u = (idx // W) % (H + window - 1)
-    base = (idx // (W * (H + window - 1))) * H * W + j
-    m_u = tl.load(m_ptr + idx, mask=valid, other=0.0).to(ACC)
+    y = (idx // W) % H
+    base = idx - y * W                      # (b, 0, j)
+    m_y = tl.load(m_ptr + idx, mask=valid, other=0.0).to(ACC)
     acc_a = tl.zeros([BLOCK], ACC)
     acc_b = tl.zeros([BLOCK], ACC)
     for d in range(window):
-        i = u - d
-        ok = valid & (i >= 0) & (i < H)
+        i = y - R + d
+        count = _fold_count(y, i, H, R)
+        ok = valid & (count > 0)
         at = base + i * W
-        c = (tl.load(grad_ptr + at, mask=ok, other=0.0).to(ACC)
-             / tl.load(big_e_ptr + at, mask=ok, other=1.0).to(ACC))
-        w = c * tl.exp(beta * tl.where(ok, m_u - tl.load(big_m_ptr + at, mask=ok, other=0.0).to(ACC), 0.0))
+        c = count * (tl.load(grad_ptr + at, mask=ok, other=0.0).to(ACC)
+                     / tl.load(big_e_ptr + at, mask=ok, other=1.0).to(ACC))
+        w = c * tl.exp(beta * tl.where(ok, m_y - tl.load(big_m_ptr + at, mask=ok, other=0.0).to(ACC), 0.0))
         acc_a += w
-        acc_b += w * (tl.load(out_ptr + at, mask=ok, other=0.0).to(ACC) - m_u)
+        acc_b += w * (tl.load(out_ptr + at, mask=ok, other=0.0).to(ACC) - m_y)
     tl.store(a_ptr + idx, acc_a, mask=valid)
     tl.store(b_ptr + idx, acc_b, mask=valid)
 
 
 @triton.jit
-def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dxp_ptr, beta, H, W, R, window, numel,
+def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta, H, W, R, window, numel,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Gradient ``B x (H+2R) x (W+2R)`` w.r.t. the reflection-padded x."""
+    """Gradient ``B x H x W`` w.r.t. the blurred x, the reflection padding folded back."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
-    v = idx % (W + 2 * R)
-    u = (idx // (W + 2 * R)) % (H + 2 * R)
-    b = idx // ((W + 2 * R) * (H + 2 * R))
-    xv = tl.load(x_ptr + b * H * W + _reflect(u - R, H) * W + _reflect(v - R, W),
-                 mask=valid, other=0.0).to(ACC)
-    row = (b * (H + 2 * R) + u) * W
+    v = idx % W
+    row = idx - v                           # (b, y, 0)
+    xv = tl.load(x_ptr + idx, mask=valid, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK], ACC)
     for d in range(window):
-        j = v - d
-        ok = valid & (j >= 0) & (j < W)
+        j = v - R + d
+        count = _fold_count(v, j, W, R)
+        ok = valid & (count > 0)
         diff = tl.where(ok, xv - tl.load(m_ptr + row + j, mask=ok, other=0.0).to(ACC), 0.0)
         a = tl.load(a_ptr + row + j, mask=ok, other=0.0).to(ACC)
         bb = tl.load(b_ptr + row + j, mask=ok, other=0.0).to(ACC)
-        acc += tl.exp(beta * diff) * (a + beta * (diff * a - bb))
-    tl.store(dxp_ptr + idx, acc, mask=valid)
+        acc += count * tl.exp(beta * diff) * (a + beta * (diff * a - bb))
+    tl.store(dx_ptr + idx, acc, mask=valid)
 
 
 def _launch(kernel, numel, device, *args, acc):
@@ -147,10 +160,10 @@ class SmoothSoftmaxPool(torch.autograd.Function):
         b, h, w = p.shape[0], p.shape[1] - 2 * r, p.shape[2] - 2 * r
         taps, acc = gaussian((window - 1) / 4.0, r, p.device), acc_dtype(p.dtype)
         x = window_sum(window_sum(p, taps, 2, 0, w), taps, 1, 0, h)   # B x H x W
-        m, e, t = (torch.empty(b, h + 2 * r, w, dtype=p.dtype, device=p.device) for _ in range(3))
+        m, e, t = (torch.empty_like(x) for _ in range(3))
         _launch(_rows_forward_kernel, m.numel(), p.device, x, m, e, t, beta, h, w, r, window, acc=acc)
         big_m, big_e, out = (torch.empty_like(x) for _ in range(3))
-        _launch(_cols_forward_kernel, x.numel(), p.device, m, e, t, big_m, big_e, out, beta, h, w,
+        _launch(_cols_forward_kernel, x.numel(), p.device, m, e, t, big_m, big_e, out, beta, h, w, r,
                 window, acc=acc)
         ctx.save_for_backward(x, m, big_m, big_e, out)
         ctx.window, ctx.beta = window, beta
@@ -164,15 +177,13 @@ class SmoothSoftmaxPool(torch.autograd.Function):
         b, h, w = x.shape
         acc = acc_dtype(x.dtype)
         grad = grad[:, 0].to(x.dtype).contiguous()
-        a, bb = torch.empty_like(m), torch.empty_like(m)
-        _launch(_cols_backward_kernel, m.numel(), x.device, grad, m, big_m, big_e, out, a, bb, beta,
-                h, w, window, acc=acc)
-        dxp = torch.empty(b, h + 2 * r, w + 2 * r, dtype=x.dtype, device=x.device)
-        _launch(_rows_backward_kernel, dxp.numel(), x.device, x, m, a, bb, dxp, beta, h, w, r, window,
+        a, bb, dx = (torch.empty_like(x) for _ in range(3))
+        _launch(_cols_backward_kernel, x.numel(), x.device, grad, m, big_m, big_e, out, a, bb, beta,
+                h, w, r, window, acc=acc)
+        _launch(_rows_backward_kernel, x.numel(), x.device, x, m, a, bb, dx, beta, h, w, r, window,
                 acc=acc)
-        dx = torch.ops.aten.reflection_pad2d_backward(dxp.unsqueeze(1), x.unsqueeze(1), [r, r, r, r])
         taps = gaussian((window - 1) / 4.0, r, x.device)
-        dp = window_sum(window_sum(dx[:, 0], taps, 1, -2 * r, h + 2 * r), taps, 2, -2 * r, w + 2 * r)
+        dp = window_sum(window_sum(dx, taps, 1, -2 * r, h + 2 * r), taps, 2, -2 * r, w + 2 * r)
         return dp.unsqueeze(1), None, None
 
 

@@ -3,15 +3,18 @@
 Shapes: schedule ``x`` ``B x 1 x H x W`` (N = H W pixels), areas ``a`` ``[K]`` ->
 masks ``m`` ``B x K x H x W``, thresholds ``t`` ``B x K``.
 
-Forward: one program per (b, k) runs the bracketed Levenberg-Marquardt solve of
-``r(t) = mean_i sigmoid(s (x_i - t))^2 - a_k = 0`` exactly as
-:func:`sas_fast.ops.reference.solve_thresholds`: ``J = -2 s mean sig^2 (1 - sig)``, LM step
-``t - J r / (J^2 + lam)``, replaced by bisection when it leaves the inner 98 % of the bracket
-``[lo, hi]`` (shrunk by every evaluated point); accept iff ``|r|`` drops, then ``lam /= 10`` else
-``lam *= 10``; stop at ``|r| < tol`` or ``max_iter``. One pass over the pixels per iteration
-gives both r and J of the candidate. Then it writes ``m_k = sigmoid(s (x - t_k))``. Areas 0 / 1:
-exact 0 / 1 masks, ``t = +inf / -inf``. The start (the (1 - a) quantile, ``torch.quantile``, or
-the warm start) and the initial bracket are set up with torch ops.
+Forward: one program per (b, k) runs the bracketed, safeguarded Newton solve of
+``r(t) = A(t) - a_k = 0``, ``A(t) = mean_i sigmoid(s (x_i - t))^2``, exactly as
+:func:`sas_fast.ops.reference.solve_thresholds`: ``J = A' = -2 s mean sig^2 (1 - sig)``; Newton on
+``rho(t) = logit(sqrt A) - logit(sqrt a_k)`` (same root as r, linear in t for a constant
+schedule), ``t_N = t - rho / rho'``, ``rho' = J / (2 A (1 - sqrt A))``. Each step evaluates
+``t_N`` if it is defined (0 < A < 1, J < 0), strictly inside the bracket ``[lo, hi]`` (shrunk by
+every evaluated point) and the previous Newton step (if any) at least halved ``|r|``, else the
+bisection ``(lo + hi) / 2``; stop at ``|r| < tol`` or ``max_iter`` steps; keep the point of least
+``|r|``. One pass over the pixels per step gives both A and J. Then it writes
+``m_k = sigmoid(s (x - t_k))``. Areas 0 / 1: exact 0 / 1 masks, ``t = +inf / -inf``. The start
+(the (1 - a) quantile, ``torch.quantile``, or the warm start) and the initial bracket are set up
+with torch ops.
 
 Backward (SPEC section 3): ``G_ki = dL/dm_ki s m_ki (1 - m_ki)``, ``w_ki = m_ki^2 (1 - m_ki)``,
 ``dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + eps)]`` (implicit), or
@@ -30,8 +33,8 @@ _EPS = 1e-12
 
 
 @triton.jit
-def _residual_and_jacobian(x_row, t, a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """``(mean sig^2 - a, -2 s mean sig^2 (1 - sig))`` with ``sig = sigmoid(s (x - t))``."""
+def _evaluate(x_row, t, a, logit_a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``(r(t), t_N(t))``: ``A - a`` and the Newton point on rho (NaN where it is undefined)."""
     sq = tl.zeros([BLOCK], ACC)
     cube = tl.zeros([BLOCK], ACC)
     for start in range(0, N, BLOCK):
@@ -41,7 +44,12 @@ def _residual_and_jacobian(x_row, t, a, s, N, ACC: tl.constexpr, BLOCK: tl.const
         sig2 = tl.where(ok, sig * sig, 0.0)
         sq += sig2
         cube += sig2 * (1 - sig)
-    return tl.sum(sq, axis=0) / N - a, -2 * s * tl.sum(cube, axis=0) / N
+    area = tl.sum(sq, axis=0) / N
+    jac = -2 * s * tl.sum(cube, axis=0) / N
+    defined = (area > 0) & (area < 1) & (jac < 0)
+    root = tl.sqrt(tl.where(defined, area, 0.25))
+    step = (tl.log(root / (1 - root)) - logit_a) * 2 * area * (1 - root) / tl.where(defined, jac, -1.0)
+    return area - a, tl.where(defined, t - step, float("nan"))
 
 
 @triton.jit
@@ -53,33 +61,36 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, t
     m_row = m_ptr + pid.to(tl.int64) * N
     a = tl.load(a_ptr + pid % K).to(ACC)
     if (a > 0) & (a < 1):
+        logit_a = tl.log(tl.sqrt(a) / (1 - tl.sqrt(a)))
         t = tl.load(t0_ptr + pid).to(ACC)
-        r, jac = _residual_and_jacobian(x_row, t, a, s, N, ACC, BLOCK)
+        r, t_newton = _evaluate(x_row, t, a, logit_a, s, N, ACC, BLOCK)
         lo = tl.load(lo_ptr + pid).to(ACC)
         hi = tl.load(hi_ptr + pid).to(ACC)
         lo = tl.where(r > 0, tl.maximum(lo, t), lo)
         hi = tl.where(r <= 0, tl.minimum(hi, t), hi)
-        lam = tl.full([], 1e-3, ACC)
+        t_best = t
+        r_best = r
+        newton_ok = a > 0            # True: the last Newton step (none yet) halved |r|
         it = 0
         while (it < max_iter) & (tl.abs(r) >= tol):
-            t_lm = t - jac * r / (jac * jac + lam)
-            margin = 0.01 * (hi - lo)
-            t_new = tl.where((t_lm > lo + margin) & (t_lm < hi - margin), t_lm, (lo + hi) / 2)
-            r_new, jac_new = _residual_and_jacobian(x_row, t_new, a, s, N, ACC, BLOCK)
+            newton = newton_ok & (t_newton > lo) & (t_newton < hi)
+            t_new = tl.where(newton, t_newton, (lo + hi) / 2)
+            r_new, t_newton = _evaluate(x_row, t_new, a, logit_a, s, N, ACC, BLOCK)
+            newton_ok = (~newton) | (tl.abs(r_new) <= 0.5 * tl.abs(r))
             lo = tl.where(r_new > 0, tl.maximum(lo, t_new), lo)
             hi = tl.where(r_new <= 0, tl.minimum(hi, t_new), hi)
-            better = tl.abs(r_new) < tl.abs(r)
-            t = tl.where(better, t_new, t)
-            r = tl.where(better, r_new, r)
-            jac = tl.where(better, jac_new, jac)
-            lam = tl.minimum(tl.maximum(tl.where(better, lam / 10, lam * 10), 1e-12), 1e12)
+            t = t_new
+            r = r_new
+            better = tl.abs(r) < tl.abs(r_best)
+            t_best = tl.where(better, t, t_best)
+            r_best = tl.where(better, r, r_best)
             it += 1
-        tl.store(t_ptr + pid, t)
+        tl.store(t_ptr + pid, t_best)
         for start in range(0, N, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             ok = offs < N
             x = tl.load(x_row + offs, mask=ok, other=0.0).to(ACC)
-            tl.store(m_row + offs, tl.sigmoid(s * (x - t)), mask=ok)
+            tl.store(m_row + offs, tl.sigmoid(s * (x - t_best)), mask=ok)
     else:
         tl.store(t_ptr + pid, tl.where(a > 0, float("-inf"), float("inf")))
         fill = tl.zeros([BLOCK], ACC) + tl.where(a > 0, 1.0, 0.0)
