@@ -45,8 +45,8 @@ class SaSConfig:
     levels: int = 8               # blur-pyramid levels L (proto, from Extremal Perturbations)
     max_blur: float | None = None # sigma of the most blurred level (proto: 20 at 224 px)
     implicit_grad: bool = True    # differentiate through the thresholds (proto; SPEC section 3)
-    threshold_tol: float = 1e-4   # stop the LM solve at max |area residual| < tol (proto)
-    threshold_max_iter: int = 50  # LM iteration cap (ours)
+    threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
+    threshold_max_iter: int = 50  # safeguarded-Newton iteration cap (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once on
                                   # a GPU, about 4 MiB of them on a CPU: ours, sas_fast/cpu_memory.py; see above)
