@@ -145,14 +145,14 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     safeguarded Newton solve (warm-started from ``thresholds_init`` ``B x K`` if given);
     areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
     the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
-    held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 1.
+    held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 0 (0: the start).
     """
     _check_float("schedule", schedule, 4)
     if schedule.shape[1] != 1:
         raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
     _check_real("sharpness", sharpness, 0, strict=True)
     _check_real("tol", tol, 0, strict=True)
-    max_iter = _check_int("max_iter", max_iter, 1)
+    max_iter = _check_int("max_iter", max_iter, 0)
     if not isinstance(implicit_grad, bool):
         raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()

@@ -31,7 +31,7 @@ BAD_CALLS = {
                     "sharpness must be a finite number > 0, got -20.0"),
     "sharpness=inf": (lambda b: ops.threshold_masks(_schedule(), [0.5], INF, backend=b), "sharpness"),
     "max_iter=-1": (lambda b: ops.threshold_masks(_schedule(), [0.5], 20.0, max_iter=-1, backend=b),
-                    "max_iter must be an integer >= 1, got -1"),
+                    "max_iter must be an integer >= 0, got -1"),
     "max_iter=2.5": (lambda b: ops.threshold_masks(_schedule(), [0.5], 20.0, max_iter=2.5, backend=b),
                      "max_iter must be an integer"),
     "tol=0": (lambda b: ops.threshold_masks(_schedule(), [0.5], 20.0, tol=0.0, backend=b), "tol must be"),
