@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .config import SaSConfig
-from .schedule import Objective, StepResult, sas_step
+from .schedule import Objective, StepConstants, StepResult, sas_step
 
 #: eager iterations before the capture (PyTorch's CUDA-graph notes ask for a few on a side stream)
 WARMUP = 3
@@ -34,7 +34,9 @@ class IterationRunner:
             raise ValueError(f"cuda_graph=True needs CUDA images and backend 'triton', got device "
                              f"{premask.device.type!r} and backend {config.backend!r}")
         self.premask, self.pyramid, self.objective, self.config = premask, pyramid, objective, config
-        self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph)
+        self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph,
+                                          fused=premask.device.type in ("cpu", "cuda"))
+        self.constants = StepConstants(premask, objective, config)  # built once per run
         self.thresholds = None
         self.calls = 0
         self.graph = self.static = None
@@ -63,7 +65,8 @@ class IterationRunner:
 
     def _eager(self) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
-        result = sas_step(self.premask, self.pyramid, self.objective, self.config, self.thresholds)
+        result = sas_step(self.premask, self.pyramid, self.objective, self.config, self.thresholds,
+                          constants=self.constants)
         self.optimizer.step()
         self.thresholds = result.thresholds
         return result
@@ -76,6 +79,6 @@ class IterationRunner:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=self.stream):
             self.static = sas_step(self.premask, self.pyramid, self.objective, self.config,
-                                   self.thresholds)
+                                   self.thresholds, constants=self.constants)
             self.optimizer.step()
             self.thresholds.copy_(self.static.thresholds)

@@ -150,7 +150,8 @@ def _register() -> None:
         b, _, c, h, w = pyramid.shape
         mk = (int(insertion) + int(deletion)) * thresholds.shape[1]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return pyramid.new_empty(b * mk, c, h, w, memory_format=fmt).view(b, mk, c, h, w)
+        return torch.empty(b * mk, c, h, w, dtype=pyramid.dtype, device=pyramid.device,
+                           memory_format=fmt).view(b, mk, c, h, w)
 
     @torch.library.register_fake(lib + "masked_images_backward")
     def _(grad, schedule, thresholds, pyramid, sharpness, insertion, deletion, implicit_grad):

@@ -1,0 +1,59 @@
+"""What one SaS iteration launches outside the model (``benchmarks/iteration_cost.py``): torch ops
+by a dispatch-mode counter, Triton launches by a launch hook; on the CPU (C++ backend, Triton
+under the interpreter) and on CUDA when present. Target (issue 12): <= 25 per iteration."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from sas_fast import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("iteration_cost", ROOT / "benchmarks" / "iteration_cost.py")
+cost = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cost)
+
+LIMIT = 25
+CPU = torch.device("cpu")
+
+
+def _available(backend, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        return "needs a CUDA device"
+    return ops.unavailable_reason(backend, torch.device(device))
+
+
+CASES = [pytest.param(b, d, marks=pytest.mark.skipif(_available(b, d) is not None, reason=str(_available(b, d))))
+         for b, d in (("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"))]
+
+
+def test_counter_counts_ops_and_launches_but_not_views():
+    a = torch.randn(4, 3)
+    counter = cost.LaunchCounter()
+    with counter:
+        b = (a + 1).t().contiguous()
+        b.sum()
+    assert dict(counter.ops) == {"aten.add": 1, "aten.clone": 1, "aten.sum": 1}
+    assert dict(counter.views) == {"aten.t": 1}
+    if ops.unavailable_reason("triton", CPU) is None:
+        with cost.triton_launch_hook(counter), counter:
+            ops.pyramid_mask(torch.rand(1, 2, 1, 4, 4), torch.rand(1, 1, 4, 4), backend="triton")
+        assert sum(counter.triton.values()) == 1
+
+
+def test_the_model_is_left_out():
+    """A model with many ops counts as much as one with a single layer."""
+    deep = torch.nn.Sequential(cost.free_model(3, 8), *[torch.nn.Tanh() for _ in range(10)])
+    counts = [cost.count_iteration("reference", 8, 1, 4, model=model)
+              for model in (cost.free_model(3, 8), deep)]
+    assert counts[0]["total"] == counts[1]["total"] > 0
+    assert not any("tanh" in name for name in counts[1]["by_name"])
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("mode", ["both", "insertion"])
+def test_iteration_launches_at_most_25_outside_the_model(backend, device, mode):
+    counts = cost.count_iteration(backend, 16, 2, 6, mode, device)
+    assert counts["total"] <= LIMIT, counts
+    assert "aten._local_scalar_dense" not in counts["by_name"], "a host sync inside the iteration"
