@@ -1,4 +1,5 @@
-"""One SaS optimisation step: pre-mask -> schedule -> masks -> masked images -> loss -> gradient.
+"""One SaS optimisation step: pre-mask -> schedule -> thresholds -> masked images -> loss -> gradient
+(the masks themselves are recomputed inside the masked-images op, never stored).
 
 Backend-agnostic: every tensor op goes through :mod:`sas_fast.ops`. The model's side is an
 :class:`Objective`, which turns a batch of masked images into one score per image
