@@ -126,7 +126,7 @@ def profile_table(pipe: Pipeline, device: torch.device) -> str:
             pipe.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=30)
 
 

