@@ -79,10 +79,9 @@ def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: tor
     if tuple(modes) not in (("insertion",), ("deletion",), ("insertion", "deletion")):
         raise ValueError(f"modes must be insertion and / or deletion in that order, got {modes}")
     dtype = torch.promote_types(schedule.dtype, pyramid.dtype)
-    out = torch.ops.sas_fast.masked_images(
+    return torch.ops.sas_fast.masked_images(
         schedule.to(dtype), thresholds.detach().to(dtype), pyramid.detach().to(dtype), float(sharpness),
         "insertion" in modes, "deletion" in modes, bool(implicit_grad), bool(channels_last))
-    return out
 
 
 def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) -> torch.Tensor:

@@ -96,10 +96,11 @@ def test_gradcheck(backend, mode):
         t = R.solve_thresholds(x.detach(), areas, 5.0, tol=1e-14, max_iter=300)
         return ops.masked_images(x, t, pyramid, 5.0, mode, True, backend=backend)
 
-    assert torch.autograd.gradcheck(resolved, (x,))
+    fast = backend == "triton"           # under the interpreter: random projections of the Jacobian
+    assert torch.autograd.gradcheck(resolved, (x,), fast_mode=fast)
     t = R.solve_thresholds(schedule, areas, 5.0)
     assert torch.autograd.gradcheck(
-        lambda x: ops.masked_images(x, t, pyramid, 5.0, mode, False, backend=backend), (x,))
+        lambda x: ops.masked_images(x, t, pyramid, 5.0, mode, False, backend=backend), (x,), fast_mode=fast)
 
 
 @pytest.fixture
