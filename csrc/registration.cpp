@@ -1,6 +1,6 @@
 // Schemas of the sas_fast operators; the CPU kernels are registered beside each kernel
-// (smooth_softmax_pool.cpp, threshold_masks.cpp, pyramid.cpp). Autograd formulas and fake
-// (meta) implementations are registered from Python, in sas_fast/ops/cpp.py.
+// (smooth_softmax_pool.cpp, threshold_masks.cpp, pyramid.cpp, masked_images.cpp). Autograd formulas
+// and fake (meta) implementations are registered from Python, in sas_fast/ops/cpp.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(sas_fast, m) {
@@ -14,4 +14,8 @@ TORCH_LIBRARY(sas_fast, m) {
   m.def("blur_pyramid(Tensor images, int levels, float max_blur) -> Tensor");
   m.def("pyramid_mask(Tensor pyramid, Tensor masks, bool both=False) -> Tensor");
   m.def("pyramid_mask_backward(Tensor grad, Tensor pyramid, Tensor masks, bool both) -> Tensor");
+  m.def("masked_images(Tensor schedule, Tensor thresholds, Tensor pyramid, float sharpness, "
+        "bool insertion, bool deletion, bool implicit_grad, bool channels_last) -> Tensor");
+  m.def("masked_images_backward(Tensor grad, Tensor schedule, Tensor thresholds, Tensor pyramid, "
+        "float sharpness, bool insertion, bool deletion, bool implicit_grad) -> Tensor");
 }

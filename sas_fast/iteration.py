@@ -19,7 +19,7 @@ import torch
 
 from .config import SaSConfig
 from .sampling import AreaSampler
-from .schedule import Objective, StepResult, mask_areas, sas_step
+from .schedule import Objective, StepConstants, StepResult, mask_areas, sas_step
 
 #: eager iterations before the capture (PyTorch's CUDA-graph notes ask for a few on a side stream)
 WARMUP = 3
@@ -43,7 +43,8 @@ class IterationRunner:
             raise ValueError("cuda_graph=True replays one fixed iteration: it needs area_samples=None and "
                              f"lr_decay='none', got {config.area_samples} and {config.lr_decay!r}")
         self.premask, self.pyramid, self.objective, self.config = premask, pyramid, objective, config
-        self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph)
+        self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph,
+                                          fused=premask.device.type in ("cpu", "cuda"))
         self.decay = None
         if config.lr_decay == "cosine":
             self.decay = torch.optim.lr_scheduler.LambdaLR(
@@ -53,6 +54,7 @@ class IterationRunner:
         self.index = None
         self.seen = torch.zeros(self.sampler.inner, dtype=torch.bool)   # areas solved before (host)
         self.thresholds = None                                           # B x (K - 2) warm starts
+        self.constants = StepConstants(premask, objective, config)  # built once per run
         self.calls = 0
         self.graph = self.static = None
         # warm-up and capture on one side stream: cuBLAS / cuDNN set up their per-stream state
@@ -86,7 +88,8 @@ class IterationRunner:
             areas = self.inner_areas[self.index.to(self.inner_areas.device)]
             warm = self.thresholds[:, self.index] if bool(self.seen[self.index].all()) else None
         self.optimizer.zero_grad(set_to_none=True)
-        result = sas_step(self.premask, self.pyramid, self.objective, self.config, warm, areas)
+        result = sas_step(self.premask, self.pyramid, self.objective, self.config, warm, areas,
+                          constants=self.constants)
         self.optimizer.step()
         if self.decay is not None:
             self.decay.step()
@@ -107,6 +110,6 @@ class IterationRunner:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=self.stream):
             self.static = sas_step(self.premask, self.pyramid, self.objective, self.config,
-                                   self.thresholds)
+                                   self.thresholds, constants=self.constants)
             self.optimizer.step()
             self.thresholds.copy_(self.static.thresholds)

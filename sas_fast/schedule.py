@@ -1,4 +1,5 @@
-"""One SaS optimisation step: pre-mask -> schedule -> masks -> masked images -> loss -> gradient.
+"""One SaS optimisation step: pre-mask -> schedule -> thresholds -> masked images -> loss -> gradient
+(the masks themselves are recomputed inside the masked-images op, never stored).
 
 Backend-agnostic: every tensor op goes through :mod:`sas_fast.ops`. The model's side is an
 :class:`Objective`, which turns a batch of masked images into one score per image
@@ -98,53 +99,74 @@ class StepResult:
     thresholds: torch.Tensor
 
 
+class StepConstants:
+    """What every step of a run reuses, built once: the default areas (the K - 2 inner areas
+    ``k / (K - 1)``) and, per number K' of evaluated areas, ``rows`` ``[B M K']`` (the explained
+    image of each masked image) and ``sign`` ``B x M x K'`` (each score's sign in the loss)."""
+
+    def __init__(self, premask: torch.Tensor, objective: Objective, config: SaSConfig):
+        self.batch, self.device, self.modes = premask.shape[0], premask.device, mode_names(config.mode)
+        self.areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
+        self.mode_sign = [objective.sign[m] for m in self.modes]
+        self._rows_and_sign = {}
+
+    def rows_and_sign(self, num_areas: int) -> tuple:
+        """``(rows [B M K'], sign B x M x K')`` for ``num_areas`` = K' evaluated areas (cached)."""
+        if num_areas not in self._rows_and_sign:
+            b, m = self.batch, len(self.modes)
+            rows = torch.arange(b, device=self.device).repeat_interleave(m * num_areas)
+            sign = torch.tensor(self.mode_sign, device=self.device).view(1, m, 1).expand(b, m, num_areas)
+            self._rows_and_sign[num_areas] = rows, sign.contiguous()
+        return self._rows_and_sign[num_areas]
+
+
 def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
              config: SaSConfig, thresholds: torch.Tensor | None,
-             areas: torch.Tensor | None = None) -> StepResult:
+             areas: torch.Tensor | None = None, constants: StepConstants | None = None) -> StepResult:
     """Forward and backward of one step; accumulates ``d loss / d premask`` into ``premask.grad``.
 
     ``premask`` ``B x 1 x (H+2r) x (W+2r)``, ``pyramid`` ``B x L x C x H x W``, ``areas`` ``[K']``
     the mask areas evaluated this step (default: the K - 2 inner areas ``k / (K - 1)``; the
-    fully-OFF and fully-ON masks add constants, SPEC 2.8), ``thresholds`` ``B x K'`` or None.
-    The masked images go through the model in micro-batches of at most ``config.max_batch``;
-    their input gradients are accumulated and then pushed back through the mask pipeline once,
+    fully-OFF and fully-ON masks add constants, SPEC 2.8), ``thresholds`` ``B x K'`` or None,
+    ``constants`` the run's :class:`StepConstants` (built here if not given).
+    Schedule, then the thresholds alone (:func:`ops.solve_thresholds`), then the model's input
+    batch straight from them (:func:`ops.masked_images`: the masks are never stored). The masked
+    images go through the model in micro-batches of at most ``config.max_batch``; their input
+    gradients are accumulated and then pushed back through the mask pipeline once,
     so the result does not depend on ``max_batch``. Loss (eq. 7): insertion ``-sum_k z_k``,
     deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9). Nothing here copies
     between host and device or waits for the device, so a CUDA graph can capture the step.
     """
     backend = config.backend
-    b = premask.shape[0]
-    if areas is None:
-        areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
-    schedule = ops.smooth_softmax_pool(premask, config.window, config.beta, backend=backend)
-    masks, thresholds = ops.threshold_masks(
-        schedule, areas, config.sharpness, thresholds, config.implicit_grad, backend=backend,
-        tol=config.threshold_tol, max_iter=config.threshold_max_iter)
-    modes = mode_names(config.mode)
-    images = torch.cat([
-        ops.pyramid_mask(pyramid, masks if mode == "insertion" else 1 - masks, backend=backend)
-        for mode in modes], dim=1)                                    # B x (M K') x C x H x W
-    images = images.flatten(0, 1)
-    per_image = images.shape[0] // b
-    rows = torch.arange(b, device=premask.device).unsqueeze(1).expand(b, per_image).flatten()
-    sign = torch.cat([torch.full((areas.numel(),), objective.sign[m], device=premask.device)
-                      for m in modes]).repeat(b)                       # [B M K']
-
-    leaf = images.detach().requires_grad_(True)
-    chunk = config.max_batch or leaf.shape[0]
+    constants = constants or StepConstants(premask, objective, config)
+    areas = constants.areas if areas is None else areas
+    b, modes = premask.shape[0], constants.modes
+    rows, sign = constants.rows_and_sign(areas.numel())
     bf16 = config.precision == "bf16"
-    scores = []
-    for start in range(0, leaf.shape[0], chunk):
+    schedule = ops.smooth_softmax_pool(premask, config.window, config.beta, backend=backend)
+    thresholds = ops.solve_thresholds(schedule, areas, config.sharpness, thresholds,
+                                      tol=config.threshold_tol, max_iter=config.threshold_max_iter,
+                                      backend=backend)
+    images = ops.masked_images(schedule, thresholds, pyramid, config.sharpness, config.mode,
+                               config.implicit_grad, channels_last=bf16, backend=backend)
+    batch = images.detach().flatten(0, 1)                  # (B M K') x C x H x W, the model's input
+
+    chunk = config.max_batch or batch.shape[0]
+    flat_sign = sign.view(-1)
+    scores, grads = [], []
+    for start in range(0, batch.shape[0], chunk):
         part = slice(start, start + chunk)
-        x = leaf[part].contiguous(memory_format=torch.channels_last) if bf16 else leaf[part]
-        with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=bf16,
+        x = (batch if chunk >= batch.shape[0] else batch[part]).requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16,
                             cache_enabled=not config.cuda_graph):
             s = objective.scores(x, rows[part]).float()
-        (sign[part] * s).sum().backward()
+        s.backward(flat_sign[part])                         # d (sum sign * s) / d x
         scores.append(s.detach())
-    images.backward(leaf.grad)
+        grads.append(x.grad)
+    grad = grads[0] if len(grads) == 1 else torch.cat(grads)
+    images.backward(grad.unflatten(0, images.shape[:2]))
 
-    scores = torch.cat(scores).view(b, len(modes), areas.numel())
-    loss = (scores * sign.view(b, len(modes), -1)).sum(dim=(1, 2))
+    scores = (scores[0] if len(scores) == 1 else torch.cat(scores)).view(b, len(modes), areas.numel())
+    loss = (scores * sign).sum(dim=(1, 2))
     return StepResult(loss=loss, scores={m: scores[:, i] for i, m in enumerate(modes)},
-                      thresholds=thresholds.detach())
+                      thresholds=thresholds)

@@ -34,3 +34,16 @@ def test_bench_nli_solvers_agree():
     row = _script("bench_nli").bench(32, argparse.Namespace(images=1, batch=1), torch.device("cpu"))
     assert row["masks"] == 9 and row["scipy_ms"] > 0 and row["torch_ms"] > 0
     assert row["max_abs"] < 1e-4
+
+
+def test_pipeline_graph_quick_cpu(tmp_path, capsys):
+    out = tmp_path / "pipeline.json"
+    _script("pipeline_graph").main(["--device", "cpu", "--backend", "cpp", "--quick", "--profile",
+                                    "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    assert row["size"] == 16 and row["eager_ms"] > 0 and "graph_ms" not in row
+    for key in ("solve_iterations_cold", "solve_iterations_warm"):
+        assert sum(row[key].values()) == 2 * 4 and "-1" not in row[key]     # every (b, k) converged
+    assert 0 < row["launches"]["total"] <= 25
+    printed = capsys.readouterr().out
+    assert "16 px B=2" in printed and "masked_images" in printed            # the row and the table

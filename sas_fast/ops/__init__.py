@@ -1,4 +1,4 @@
-"""The three SaS ops, with backend dispatch.
+"""The SaS ops, with backend dispatch.
 
 ``backend``: ``"reference"`` (plain PyTorch, :mod:`sas_fast.ops.reference`), ``"triton"``
 (fused kernels: compiled on CUDA tensors, interpreted on CPU tensors when
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+import weakref
 
 import torch
 
@@ -20,10 +21,11 @@ from . import reference
 
 BACKENDS = ("reference", "triton", "cpp")
 _FALLBACK_WARNED = False  # the "auto falls back to the reference on CPU" warning was given
+_LAST_CHECKED = (lambda: None, -1)  # (weak reference to the areas last found in [0, 1], their version)
 
 
 def _backend_module(name: str):
-    """The module implementing backend ``name`` (it defines the four op functions and
+    """The module implementing backend ``name`` (it defines the op functions and
     ``unavailable_reason(device) -> str | None``), or None if it cannot be imported."""
     if name == "reference":
         return reference
@@ -155,16 +157,92 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     max_iter = _check_int("max_iter", max_iter, 0)
     if not isinstance(implicit_grad, bool):
         raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
+    areas = _check_areas(areas, schedule)
+    _check_thresholds_init(thresholds_init, schedule, areas)
+    fn = _impl("threshold_masks", backend, schedule.device, schedule.dtype)
+    return fn(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
+
+
+def _check_areas(areas, schedule: torch.Tensor) -> torch.Tensor:
+    """``areas`` as a flat tensor like ``schedule``'s, checked to be non-empty and in [0, 1] (NaN
+    fails); the tensor checked last, if unchanged since (same object, same version), is not
+    checked again, so a run that passes the same areas every step pays no per-step host sync."""
+    global _LAST_CHECKED
     areas = torch.as_tensor(areas, dtype=schedule.dtype, device=schedule.device).flatten()
+    if _LAST_CHECKED[0]() is areas and _LAST_CHECKED[1] == areas._version:
+        return areas
     if areas.numel() < 1 or (_readable(areas) and not bool(((areas >= 0) & (areas <= 1)).all())):
         raise ValueError(f"areas must be a non-empty list of values in [0, 1], got {areas.tolist()}")
+    if _readable(areas):
+        _LAST_CHECKED = weakref.ref(areas), areas._version
+    return areas
+
+
+def _check_thresholds_init(thresholds_init, schedule: torch.Tensor, areas: torch.Tensor) -> None:
     if thresholds_init is not None:
         _check_float("thresholds_init", thresholds_init, 2, like=("schedule", schedule))
         if tuple(thresholds_init.shape) != (schedule.shape[0], areas.numel()):
             raise ValueError(f"thresholds_init must be B x K = {(schedule.shape[0], areas.numel())}, "
                              f"got {tuple(thresholds_init.shape)}")
-    fn = _impl("threshold_masks", backend, schedule.device, schedule.dtype)
-    return fn(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
+
+
+def solve_thresholds(schedule: torch.Tensor, areas, sharpness: float,
+                     thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
+                     max_iter: int = 50, backend: str = "auto") -> torch.Tensor:
+    """The thresholds of :func:`threshold_masks` alone (no gradient): ``B x 1 x H x W``,
+    ``areas`` ``[K]`` -> ``B x K`` with ``mean_i sigmoid(s (x_i - t_k))^2 = a_k`` (``+inf`` / ``-inf``
+    for areas 0 / 1), by the backend's own solve, warm-started from ``thresholds_init`` if given."""
+    _check_float("schedule", schedule, 4)
+    if schedule.shape[1] != 1:
+        raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
+    _check_real("sharpness", sharpness, 0, strict=True)
+    _check_real("tol", tol, 0, strict=True)
+    max_iter = _check_int("max_iter", max_iter, 0)
+    areas = _check_areas(areas, schedule)
+    _check_thresholds_init(thresholds_init, schedule, areas)
+    if thresholds_init is not None:
+        thresholds_init = thresholds_init.detach()
+    fn = _impl("solve_thresholds", backend, schedule.device, schedule.dtype)
+    return fn(schedule.detach(), areas, sharpness, thresholds_init, tol, max_iter)
+
+
+#: the image blocks of masked_images, in order, for each mode name
+_MODES = {"insertion": ("insertion",), "deletion": ("deletion",), "both": ("insertion", "deletion")}
+
+
+def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: torch.Tensor,
+                  sharpness: float, mode: str = "both", implicit_grad: bool = True,
+                  channels_last: bool = False, backend: str = "auto") -> torch.Tensor:
+    """The model's input batch straight from the schedule, the masks never stored.
+
+    ``schedule`` ``B x 1 x H x W``, ``thresholds`` ``B x K`` (from :func:`solve_thresholds`; held
+    constant), ``pyramid`` ``B x L x C x H x W`` -> ``B x (M K) x C x H x W``: with
+    ``m_k = sigmoid(s (schedule - t_k))`` the insertion images ``pyramid_mask(P, m)`` (mode
+    ``"insertion"``), the deletion images ``pyramid_mask(P, 1 - m)`` (``"deletion"``), or both in
+    that order (``"both"``, M = 2). Equal to ``threshold_masks`` then ``pyramid_mask``; the
+    gradient w.r.t. the schedule includes the implicit threshold term of SPEC section 3
+    (``implicit_grad=False``: thresholds held fixed). ``channels_last``: the result's
+    ``flatten(0, 1)`` is a channels-last ``(B M K) x C x H x W`` tensor (same values).
+    """
+    _check_float("schedule", schedule, 4)
+    _check_float("thresholds", thresholds, 2, like=("schedule", schedule))
+    _check_float("pyramid", pyramid, 5, like=("schedule", schedule))
+    _check_real("sharpness", sharpness, 0, strict=True)
+    if not isinstance(implicit_grad, bool):
+        raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
+    b, levels, _, h, w = pyramid.shape
+    if tuple(schedule.shape) != (b, 1, h, w):
+        raise ValueError(f"schedule must be B x 1 x H x W = {(b, 1, h, w)} for pyramid "
+                         f"{tuple(pyramid.shape)}, got {tuple(schedule.shape)}")
+    if thresholds.shape[0] != b or thresholds.shape[1] < 1:
+        raise ValueError(f"thresholds must be B x K with B = {b}, K >= 1, got {tuple(thresholds.shape)}")
+    if levels < 2:
+        raise ValueError(f"pyramid must have at least 2 levels, got {levels}")
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {tuple(_MODES)}")
+    fn = _impl("masked_images", backend, schedule.device, torch.promote_types(schedule.dtype, pyramid.dtype))
+    return fn(schedule, thresholds.detach(), pyramid.detach(), sharpness, _MODES[mode],
+              implicit_grad, channels_last)
 
 
 def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
@@ -196,5 +274,5 @@ def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "aut
     return _impl("pyramid_mask", backend, pyramid.device, dtype)(pyramid, masks)
 
 
-__all__ = ["BACKENDS", "blur_pyramid", "pyramid_mask", "resolve_backend", "smooth_softmax_pool",
-           "threshold_masks", "unavailable_reason"]
+__all__ = ["BACKENDS", "blur_pyramid", "masked_images", "pyramid_mask", "resolve_backend",
+           "smooth_softmax_pool", "solve_thresholds", "threshold_masks", "unavailable_reason"]

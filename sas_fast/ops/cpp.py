@@ -14,6 +14,9 @@ Operators (shapes as in :mod:`sas_fast.ops.reference`):
   -> (masks, thresholds)``.
 - ``blur_pyramid(images, levels, max_blur)`` (no gradient), ``pyramid_mask(pyramid, masks, both)``
   (``both``: insertion images, then deletion images, ``B x 2K x C x H x W``).
+- ``masked_images(schedule, thresholds, pyramid, sharpness, insertion, deletion, implicit_grad,
+  channels_last)``: the insertion and / or deletion images straight from the schedule, the masks
+  recomputed in the backward (``csrc/masked_images.cpp``).
 - ``*_backward``: the gradient kernels used by the autograd formulas below.
 """
 from __future__ import annotations
@@ -57,6 +60,28 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
         thresholds_init = thresholds_init.detach().to(schedule.dtype)
     return torch.ops.sas_fast.threshold_masks(schedule, areas, float(sharpness), thresholds_init,
                                               bool(implicit_grad), float(tol), int(max_iter))
+
+
+def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
+                     thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
+                     max_iter: int = 50) -> torch.Tensor:
+    """Thresholds ``B x K`` of :func:`threshold_masks` alone (its solve; the masks it also
+    writes are dropped at once, never saved for a backward)."""
+    return threshold_masks(schedule.detach(), areas, sharpness, thresholds_init, False, tol, max_iter)[1]
+
+
+def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: torch.Tensor,
+                  sharpness: float, modes: tuple = ("insertion", "deletion"),
+                  implicit_grad: bool = True, channels_last: bool = False) -> torch.Tensor:
+    """``B x (M K) x C x H x W``: the images of ``pyramid_mask`` for the masks
+    ``sigmoid(s (schedule - t_k))`` (insertion) and / or ``1 - masks`` (deletion), in ``modes``
+    order, without storing the masks; differentiable in ``schedule`` (implicit or detached)."""
+    if tuple(modes) not in (("insertion",), ("deletion",), ("insertion", "deletion")):
+        raise ValueError(f"modes must be insertion and / or deletion in that order, got {modes}")
+    dtype = torch.promote_types(schedule.dtype, pyramid.dtype)
+    return torch.ops.sas_fast.masked_images(
+        schedule.to(dtype), thresholds.detach().to(dtype), pyramid.detach().to(dtype), float(sharpness),
+        "insertion" in modes, "deletion" in modes, bool(implicit_grad), bool(channels_last))
 
 
 def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) -> torch.Tensor:
@@ -119,6 +144,18 @@ def _register() -> None:
     def _(grad, pyramid, masks, both):
         return torch.empty_like(masks)
 
+    @torch.library.register_fake(lib + "masked_images")
+    def _(schedule, thresholds, pyramid, sharpness, insertion, deletion, implicit_grad, channels_last):
+        b, _, c, h, w = pyramid.shape
+        mk = (int(insertion) + int(deletion)) * thresholds.shape[1]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(b * mk, c, h, w, dtype=pyramid.dtype, device=pyramid.device,
+                           memory_format=fmt).view(b, mk, c, h, w)
+
+    @torch.library.register_fake(lib + "masked_images_backward")
+    def _(grad, schedule, thresholds, pyramid, sharpness, insertion, deletion, implicit_grad):
+        return torch.empty_like(schedule, memory_format=torch.contiguous_format)
+
     def ssp_setup(ctx, inputs, output):
         _, ctx.window, ctx.beta = inputs
         out, smoothed, stats = output
@@ -164,6 +201,19 @@ def _register() -> None:
         return None, grad_masks, None
 
     torch.library.register_autograd(lib + "pyramid_mask", pm_backward, setup_context=pm_setup)
+
+    def mi_setup(ctx, inputs, output):
+        schedule, thresholds, pyramid, ctx.sharpness, ctx.insertion, ctx.deletion, ctx.implicit_grad, _ = inputs
+        ctx.save_for_backward(schedule, thresholds, pyramid)
+
+    def mi_backward(ctx, grad):
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            raise NotImplementedError("the C++ masked_images is differentiable w.r.t. the schedule only")
+        grad_x = torch.ops.sas_fast.masked_images_backward(
+            grad, *ctx.saved_tensors, ctx.sharpness, ctx.insertion, ctx.deletion, ctx.implicit_grad)
+        return (grad_x,) + (None,) * 7
+
+    torch.library.register_autograd(lib + "masked_images", mi_backward, setup_context=mi_setup)
 
 
 if _LOAD_ERROR is None:

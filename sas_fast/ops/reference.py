@@ -161,9 +161,19 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
                     tol: float = 1e-4, max_iter: int = 50):
     """Masks of prescribed areas from a schedule (paper eq. 3-6).
 
-    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` -> ``(masks B x K x H x W, thresholds B x K)``,
-    ``m_k = sigmoid(s (x - t_k))`` with ``t_k`` from :func:`solve_thresholds` (no autograd
-    through the iterations).
+    ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` -> ``(masks B x K x H x W, thresholds B x K)``:
+    ``t_k`` from :func:`solve_thresholds` (no autograd through the iterations), masks from
+    :func:`masks_from_thresholds`.
+    """
+    t = solve_thresholds(schedule.detach(), areas, sharpness, thresholds_init, tol, max_iter)
+    return masks_from_thresholds(schedule, t, sharpness, implicit_grad), t
+
+
+def masks_from_thresholds(schedule: torch.Tensor, thresholds: torch.Tensor, sharpness: float,
+                          implicit_grad: bool = True) -> torch.Tensor:
+    """``m_k = sigmoid(s (x - t_k))``: ``B x 1 x H x W`` and solved ``B x K`` -> ``B x K x H x W``.
+
+    ``t_k = +inf / -inf`` (areas 0 / 1) give exact all-0 / all-1 masks.
 
     Gradient. With ``implicit_grad`` the thresholds follow the schedule through the
     implicit function theorem: ``dt_k/dx_j = w_kj / sum_i w_ki``, ``w = m^2 (1 - m)``.
@@ -172,7 +182,7 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
     ``dL/dx_i = sum_k [G_ki - w_ki sum_j G_kj / sum_j w_kj]``, ``G = dL/dm * s m (1 - m)``.
     Without it the thresholds are constants (``dL/dx_i = sum_k G_ki``).
     """
-    t = solve_thresholds(schedule.detach(), areas, sharpness, thresholds_init, tol, max_iter)
+    t = thresholds.detach().to(schedule.dtype)
     x = schedule.flatten(2)                                  # B x 1 x N
     inner = torch.isfinite(t)
     t_use = torch.where(inner, t, torch.zeros_like(t))
@@ -185,9 +195,8 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
         shift = (w * (x - x.detach())).sum(-1, keepdim=True)  # value 0, gradient w / sum w
         logits = logits - sharpness * shift
     masks = torch.sigmoid(logits)
-    a = areas.to(masks.dtype).view(1, -1, 1)
-    masks = torch.where(inner.unsqueeze(-1), masks, (a >= 1).to(masks.dtype).expand_as(masks))
-    return masks.view(*t.shape, *schedule.shape[-2:]), t
+    masks = torch.where(inner.unsqueeze(-1), masks, (t < 0).to(masks.dtype).unsqueeze(-1).expand_as(masks))
+    return masks.view(*t.shape, *schedule.shape[-2:])
 
 
 @torch.no_grad()
@@ -224,3 +233,23 @@ def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     lo = torch.gather(levels_b, 2, idx).squeeze(2)
     hi = torch.gather(levels_b, 2, idx + 1).squeeze(2)
     return (1 - f) * lo + f * hi
+
+
+def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: torch.Tensor,
+                  sharpness: float, modes: tuple = ("insertion", "deletion"),
+                  implicit_grad: bool = True, channels_last: bool = False) -> torch.Tensor:
+    """The model's input batch straight from the schedule (the composition of the ops above).
+
+    ``schedule`` ``B x 1 x H x W``, solved ``thresholds`` ``B x K`` (constants), ``pyramid``
+    ``B x L x C x H x W`` -> ``B x (M K) x C x H x W``, M = len(modes): for each mode in order the
+    K images ``pyramid_mask(P, m)`` (insertion) or ``pyramid_mask(P, 1 - m)`` (deletion),
+    ``m = masks_from_thresholds(schedule, thresholds, sharpness, implicit_grad)``.
+    ``channels_last``: the values in the memory layout whose ``flatten(0, 1)`` is channels-last.
+    """
+    masks = masks_from_thresholds(schedule, thresholds, sharpness, implicit_grad)
+    out = torch.cat([pyramid_mask(pyramid, masks if mode == "insertion" else 1 - masks)
+                     for mode in modes], dim=1)
+    if channels_last:
+        b, mk = out.shape[:2]
+        out = out.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (b, mk))
+    return out

@@ -195,6 +195,8 @@ def _opcheck_cases():
         (SAS.threshold_masks, (grad(schedule), areas, 20.0, thresholds.nan_to_num(0.0), False, 1e-4, 50)),
         (SAS.pyramid_mask, (pyramid, grad(mask3))),
         (SAS.pyramid_mask, (pyramid, grad(mask3), True)),
+        (SAS.masked_images, (grad(mask3[:, :1]), thresholds, pyramid, 20.0, True, True, True, False)),
+        (SAS.masked_images, (grad(mask3[:, :1]), thresholds, pyramid, 20.0, False, True, False, True)),
     ]
     no_grad = [
         (SAS.smooth_softmax_pool_backward, (torch.randn_like(out), smoothed, out, stats, 5, 1.0)),
@@ -202,6 +204,8 @@ def _opcheck_cases():
         (SAS.blur_pyramid, (torch.randn(2, 3, 7, 8, dtype=D), 4, 2.0)),
         (SAS.pyramid_mask_backward, (torch.randn(2, 3, 3, 7, 8, dtype=D), pyramid, mask3, False)),
         (SAS.pyramid_mask_backward, (torch.randn(2, 6, 3, 7, 8, dtype=D), pyramid, mask3, True)),
+        (SAS.masked_images_backward, (torch.randn(2, 8, 3, 7, 8, dtype=D), mask3[:, :1], thresholds,
+                                      pyramid, 20.0, True, True, True)),
     ]
     return with_grad, no_grad
 

@@ -8,6 +8,9 @@ in its own module (kernels and autograd wiring together):
 - :func:`threshold_masks` (``threshold_masks.py``): one program per (image, area) pair runs the
   safeguarded Newton solve and writes its mask; implicit-gradient backward.
 - :func:`blur_pyramid`, :func:`pyramid_mask` (``pyramid.py``).
+- :func:`masked_images` (``masked_images.py``): the insertion / deletion images straight from
+  the schedule and the thresholds, the masks recomputed in the backward; :func:`solve_thresholds`
+  (the threshold solve alone).
 
 CUDA tensors run the compiled kernels. CPU tensors run under the Triton interpreter, only when
 ``TRITON_INTERPRET=1`` was set before this package was imported (Triton reads it when the
@@ -28,7 +31,9 @@ except ImportError as exc:
     _IMPORT_ERROR = f"triton is not importable ({exc}); install triton>=3.4"
 else:
     _IMPORT_ERROR = None
-    __all__ += ["blur_pyramid", "pyramid_mask", "smooth_softmax_pool", "threshold_masks"]
+    __all__ += ["blur_pyramid", "masked_images", "pyramid_mask", "smooth_softmax_pool",
+                "solve_thresholds", "threshold_masks"]
+    from .masked_images import masked_images, solve_thresholds
     from .pyramid import blur_pyramid, pyramid_mask
     from .smooth_softmax_pool import smooth_softmax_pool
     from .threshold_masks import threshold_masks

@@ -1,0 +1,72 @@
+"""What one SaS iteration launches outside the model (``benchmarks/iteration_cost.py``): torch ops
+by a dispatch-mode counter, Triton launches by a launch hook; on the CPU (C++ backend, Triton
+under the interpreter) and on CUDA when present. Target (issue 12): <= 25 per iteration."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from sas_fast import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("iteration_cost", ROOT / "benchmarks" / "iteration_cost.py")
+cost = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cost)
+
+LIMIT = 25
+CPU = torch.device("cpu")
+
+
+def _available(backend, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        return "needs a CUDA device"
+    return ops.unavailable_reason(backend, torch.device(device))
+
+
+#: open (issue 12 items 1, 2, 4, other files): the Triton smooth_softmax_pool rebuilds its Gaussian
+#: taps and converts them per call (about 20 small ops), and the Triton threshold solve builds its
+#: bracket and start with about 15 torch ops per call; 61 per iteration here, 98 before issue 12
+TRITON_OPEN = pytest.mark.xfail(strict=True, reason="Triton: per-call taps and solve set-up (61 > 25)")
+
+
+def _case(backend, device):
+    reason = _available(backend, device)
+    marks = [pytest.mark.skipif(reason is not None, reason=str(reason))]
+    return pytest.param(backend, device, marks=marks + ([TRITON_OPEN] if backend == "triton" else []))
+
+
+CASES = [_case("cpp", "cpu"), _case("triton", "cpu"), _case("triton", "cuda")]
+
+
+def test_counter_counts_ops_and_launches_but_not_views():
+    a = torch.randn(4, 3)
+    counter = cost.LaunchCounter()
+    with counter:
+        b = (a + 1).t().contiguous()
+        b.sum()
+    assert dict(counter.ops) == {"aten.add": 1, "aten.clone": 1, "aten.sum": 1}
+    assert dict(counter.views) == {"aten.t": 1}
+    if ops.unavailable_reason("triton", CPU) is None:
+        with cost.triton_launch_hook(counter), counter:
+            ops.pyramid_mask(torch.rand(1, 2, 1, 4, 4), torch.rand(1, 1, 4, 4), backend="triton")
+        assert sum(counter.triton.values()) == 1
+
+
+@pytest.mark.skipif(_available("cpp", "cpu") is not None, reason="needs the C++ backend")
+def test_the_model_is_left_out():
+    """A model with many ops counts as much as one with a single layer (C++ backend: its op count
+    does not depend on the data, unlike the reference's iterative solve)."""
+    deep = torch.nn.Sequential(cost.free_model(3, 8), *[torch.nn.Tanh() for _ in range(10)])
+    counts = [cost.count_iteration("cpp", 8, 1, 4, model=model)
+              for model in (cost.free_model(3, 8), deep)]
+    assert counts[0]["total"] == counts[1]["total"] > 0
+    assert not any("tanh" in name for name in counts[1]["by_name"])
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("mode", ["both", "insertion"])
+def test_iteration_launches_at_most_25_outside_the_model(backend, device, mode):
+    counts = cost.count_iteration(backend, 16, 2, 6, mode, device)
+    assert counts["total"] <= LIMIT, counts
+    assert "aten._local_scalar_dense" not in counts["by_name"], "a host sync inside the iteration"
