@@ -149,18 +149,24 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
     held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 0 (0: the start).
     """
-    _check_float("schedule", schedule, 4)
-    if schedule.shape[1] != 1:
-        raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
-    _check_real("sharpness", sharpness, 0, strict=True)
-    _check_real("tol", tol, 0, strict=True)
-    max_iter = _check_int("max_iter", max_iter, 0)
+    max_iter = _check_solve(schedule, sharpness, tol, max_iter)
     if not isinstance(implicit_grad, bool):
         raise ValueError(f"implicit_grad must be True or False, got {implicit_grad!r}")
     areas = _check_areas(areas, schedule)
     _check_thresholds_init(thresholds_init, schedule, areas)
     fn = _impl("threshold_masks", backend, schedule.device, schedule.dtype)
     return fn(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
+
+
+def _check_solve(schedule: torch.Tensor, sharpness, tol, max_iter) -> int:
+    """The threshold solve's arguments: ``schedule`` ``B x 1 x H x W``, ``sharpness`` and ``tol``
+    finite > 0, ``max_iter`` an integer >= 0 (returned as a Python int)."""
+    _check_float("schedule", schedule, 4)
+    if schedule.shape[1] != 1:
+        raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
+    _check_real("sharpness", sharpness, 0, strict=True)
+    _check_real("tol", tol, 0, strict=True)
+    return _check_int("max_iter", max_iter, 0)
 
 
 def _check_areas(areas, schedule: torch.Tensor) -> torch.Tensor:
@@ -192,12 +198,7 @@ def solve_thresholds(schedule: torch.Tensor, areas, sharpness: float,
     """The thresholds of :func:`threshold_masks` alone (no gradient): ``B x 1 x H x W``,
     ``areas`` ``[K]`` -> ``B x K`` with ``mean_i sigmoid(s (x_i - t_k))^2 = a_k`` (``+inf`` / ``-inf``
     for areas 0 / 1), by the backend's own solve, warm-started from ``thresholds_init`` if given."""
-    _check_float("schedule", schedule, 4)
-    if schedule.shape[1] != 1:
-        raise ValueError(f"schedule must be B x 1 x H x W, got {tuple(schedule.shape)}")
-    _check_real("sharpness", sharpness, 0, strict=True)
-    _check_real("tol", tol, 0, strict=True)
-    max_iter = _check_int("max_iter", max_iter, 0)
+    max_iter = _check_solve(schedule, sharpness, tol, max_iter)
     areas = _check_areas(areas, schedule)
     _check_thresholds_init(thresholds_init, schedule, areas)
     if thresholds_init is not None:

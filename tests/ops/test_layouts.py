@@ -13,16 +13,7 @@ BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
     reason=str(ops.unavailable_reason(name, torch.device("cpu"))))) for name in ("cpp", "triton")]
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_empty():
-    """``torch.empty`` (also ``at::empty`` in C++) returns NaN-filled memory: deterministic mode
-    fills uninitialised memory, so an output element a kernel forgets stays NaN."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), \
-        torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    assert torch.empty(16, dtype=D).isnan().all()
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+pytestmark = pytest.mark.usefixtures("nan_filled_empty")   # tests/ops/conftest.py
 
 
 def _awkward(x: torch.Tensor) -> torch.Tensor:

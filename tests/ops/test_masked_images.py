@@ -103,17 +103,6 @@ def test_gradcheck(backend, mode):
         lambda x: ops.masked_images(x, t, pyramid, 5.0, mode, False, backend=backend), (x,), fast_mode=fast)
 
 
-@pytest.fixture
-def nan_filled_empty():
-    """Uninitialised memory is NaN (deterministic mode fills it), so an unwritten element shows."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), \
-        torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    assert torch.empty(16, dtype=D).isnan().all()
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
 def _awkward(x: torch.Tensor) -> torch.Tensor:
     """The values of ``x`` in a non-contiguous layout (every other column of a wider tensor)."""
     wide = torch.full((*x.shape[:-1], 2 * x.shape[-1]), float("nan"), dtype=x.dtype)
