@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,34 @@ def test_gpu_table2_script_stages_and_runs_on_cpu(tmp_path):
     data = json.loads((tmp_path / "out" / "table2" / "table2_mnist_resnet8.json").read_text())
     assert sorted(data["results"]) == sorted(["SaS", "Gradient", "Guided BP", "IG", "GradCAM"])
     assert len(data["indices"]) == 2 and "bf16" in data["header"]
+
+
+def test_fast_sas_study_smoke(tmp_path):
+    """Two methods at 36 passes on 2 evaluation images, then the frontier from the saved run."""
+    study = _script("fast_sas_study")
+    args = ["--dataset", "mnist", "--arch", "resnet8", "--split", "evaluation", "--n", "2",
+            "--shared", str(SHARED), "--out", str(tmp_path)]
+    assert study.main(args + ["--methods", "cut@36,sample3-cosine@36"]) == 0
+    data = json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())
+    assert all(i % 10 != 1 for i in data["indices"])              # never a calibration image
+    assert {k: r["passes"] for k, r in data["results"].items()} == {"cut@36": 36, "sample3-cosine@36": 36}
+    table = (tmp_path / "fast_evaluation_mnist_resnet8.md").read_text()
+    assert re.search(r"\| sample3-cosine@36 \| 36 \| [0-9.-]+ ± [0-9.]+ \| [-+][0-9.]+ ± [0-9.]+ \([0-2]/2\)", table), table
+    assert study.main(["--out", str(tmp_path), "--frontier", "sample3-cosine",
+                       "--figure", str(tmp_path / "frontier.png")]) == 0
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="unknown method"):
+        study.main(args + ["--methods", "K7@100"])
+
+
+def test_imagenet_fast_check_smoke(tmp_path, monkeypatch):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from sas_fast import config
+
+    monkeypatch.setitem(config.PRESETS, "paper-imagenet", config.SaSConfig(iterations=2))
+    monkeypatch.setitem(config.PRESETS, "fast-imagenet", config.SaSConfig(iterations=2, area_samples=3))
+    out = tmp_path / "imagenet.json"
+    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["chelsea"]
+    assert rows["paper-imagenet (800 it.)"]["spearman_vs_800"] == pytest.approx(1.0)
+    assert rows["fast-imagenet"]["passes"] == 2 * 6 and -1 <= rows["fast-imagenet"]["spearman_vs_800"] <= 1
