@@ -93,7 +93,7 @@ def test_fast_sas_study_smoke(tmp_path):
     study = _script("fast_sas_study")
     args = ["--dataset", "mnist", "--arch", "resnet8", "--split", "evaluation", "--n", "2",
             "--shared", str(SHARED), "--out", str(tmp_path)]
-    assert study.main(args + ["--methods", "cut@36,sample3-cosine@36"]) == 0
+    assert study.main(args + ["--methods", "cut@36,sample3-cosine@36", "--reference", "cut@36"]) == 0
     data = json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())
     assert all(i % 10 != 1 for i in data["indices"])              # never a calibration image
     assert {k: r["passes"] for k, r in data["results"].items()} == {"cut@36": 36, "sample3-cosine@36": 36}
