@@ -5,7 +5,8 @@
 On scikit-image's bundled photos with the bundled EfficientNet-Lite0 (224 px, top-1 class as
 target): the 800-iteration ``paper-imagenet`` map (28,800 model image-passes per image), the same
 run's map after 200 iterations (the paper setting cut to 7,200 passes, from ``SaSTrace.saliency``),
-and ``fast-imagenet`` (7,200 passes). Reports each map's deletion-game Overall (SPEC section 5)
+and ``fast-imagenet`` (7,200 passes; first the sampled schedule at 1,200 iterations, now the
+same as the cut, see benchmarks/RESULTS.md). Reports each map's deletion-game Overall (SPEC section 5)
 and the Spearman rank correlation of the cheaper maps with the 800-iteration one.
 """
 from __future__ import annotations

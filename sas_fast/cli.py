@@ -21,11 +21,10 @@ from .dataset_run import add_cli_arguments as add_dataset_commands
 from .dataset_run import run_command
 from .precision import resolve_precision
 
-#: ``explain --demo``: preset ``fast-imagenet`` (3 of the 18 inner areas per iteration, lr 0.1 with
-#: cosine decay) cut to 160 iterations: 960 model image-passes, a third of the 80 default
-#: iterations it replaced (timings in benchmarks/RESULTS.md).
-DEMO_PRESET = "fast-imagenet"
-DEMO_ITERATIONS = 160
+#: ``explain --demo``: the default schedule for 80 iterations (2,880 model image-passes; timings in
+#: benchmarks/RESULTS.md).
+DEMO_PRESET = "default"
+DEMO_ITERATIONS = 80
 DEMO_PHOTO = "chelsea"
 
 
