@@ -117,3 +117,9 @@ def test_imagenet_fast_check_smoke(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["chelsea"]
     assert rows["paper-imagenet (800 it.)"]["spearman_vs_800"] == pytest.approx(1.0)
     assert rows["fast-imagenet"]["passes"] == 2 * 6 and -1 <= rows["fast-imagenet"]["spearman_vs_800"] <= 1
+    # when fast-imagenet is the cut itself, the snapshot is scored and no second run is made
+    monkeypatch.setitem(config.PRESETS, "fast-imagenet", config.SaSConfig(iterations=1))
+    out.unlink()
+    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["chelsea"]
+    assert rows["fast-imagenet"] == rows["paper-imagenet cut at 1 it."]

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .pyramid import _level_and_fraction
 from .threshold_masks import threshold_masks
 from .window import acc_dtype, block_size
 
@@ -41,14 +42,6 @@ def _mask(x_ptr, t_ptr, b, k, K, offs, ok, N, s, ACC: tl.constexpr):
     m = tl.sigmoid(s * (x.to(ACC) - tl.where(finite, t, 0.0)))
     m = tl.where(finite, m, tl.where(t < 0, 1.0, 0.0)).to(x.dtype).to(ACC)
     return m, finite
-
-
-@triton.jit
-def _level_and_fraction(v, LEVELS: tl.constexpr):
-    """``lev = clamp(floor(v (L - 1)), 0, L - 2)`` and ``f = v (L - 1) - lev``."""
-    w = v * (LEVELS - 1)
-    lev = tl.minimum(tl.maximum(w, 0.0), LEVELS - 2).to(tl.int32)
-    return lev, w - lev
 
 
 @triton.jit
