@@ -22,7 +22,7 @@ from .config import SaSConfig, make_config
 from .cpu_memory import default_max_batch, tune_malloc
 from .iteration import IterationRunner
 from .precision import resolve_precision
-from .schedule import Objective, mask_areas, mode_names
+from .step import Objective, mask_areas, mode_names
 
 
 @dataclass
