@@ -7,7 +7,6 @@ output the min-max normalised schedule (paper eq. 8).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops
-from .checks import FiniteWatch, check_images, model_logits, resolve_target
+from .checks import FiniteWatch, check_images, guarded_model, model_logits, resolve_layer, resolve_target
 from .config import SaSConfig, make_config
 from .cpu_memory import default_max_batch, tune_malloc
 from .iteration import IterationRunner
@@ -46,38 +45,6 @@ class SaSTrace:
     saliency: torch.Tensor
     loss: torch.Tensor
     passes: torch.Tensor
-
-
-@contextlib.contextmanager
-def guarded_model(model: nn.Module):
-    """Eval mode with frozen parameters for the duration; every module's ``training`` flag
-    and every parameter's ``requires_grad`` flag are restored exactly on exit."""
-    training = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, t in training:
-            m.training = t
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-def _resolve_layer(model: nn.Module, layer):
-    if layer is None:
-        return None
-    if isinstance(layer, str):
-        named = dict(model.named_modules())
-        if layer not in named:
-            raise ValueError(f"layer {layer!r} is not a module of the model; some names: "
-                             f"{[n for n in named if n][:10]}")
-        return named[layer]
-    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
-        raise ValueError("layer must be an nn.Module inside the model (or its name)")
-    return layer
 
 
 def _trace_points(config: SaSConfig) -> list:
@@ -117,7 +84,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
                                  max_batch=config.max_batch or default_max_batch(images))
     if images.device.type == "cpu":
         tune_malloc()
-    layer = _resolve_layer(model, layer)
+    layer = resolve_layer(model, layer)
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
     images = images.detach()
