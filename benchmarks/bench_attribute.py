@@ -5,7 +5,7 @@ and batch size B it measures, in ms per iteration:
 
 - ``cnn``: the model's forward + input gradient on the ``2 (K - 2) B`` masked images of one step
   (insertion and deletion, inner masks), the same micro-batches: the floor for any SaS step;
-- ``reference``: :func:`sas_fast.schedule.sas_step` with ``backend="reference"`` (eager PyTorch);
+- ``reference``: :func:`sas_fast.step.sas_step` with ``backend="reference"`` (eager PyTorch);
 - ``fused``: ``sas_step`` with ``backend="triton"`` on CUDA, ``"cpp"`` on a CPU (if built);
 - ``graph`` (CUDA only): a whole iteration (``sas_step`` + Adam) replayed from a CUDA graph by
   :class:`sas_fast.iteration.IterationRunner` (``cuda_graph=True``).
@@ -34,7 +34,7 @@ from sas_fast.iteration import WARMUP, IterationRunner
 from sas_fast.models.cifar import resnet8, vgg16_features
 from sas_fast.ops import reference
 from sas_fast.precision import cpu_capability
-from sas_fast.schedule import Objective, sas_step
+from sas_fast.step import Objective, sas_step
 
 RUN_ITERATIONS = {32: 200, 224: 800}
 

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.iteration import IterationRunner
-from sas_fast.schedule import Objective
+from sas_fast.step import Objective
 
 
 class LaunchCounter(TorchDispatchMode):

@@ -24,7 +24,7 @@ from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.iteration import IterationRunner
 from sas_fast.models import load_npz_dataset, load_paper_model
-from sas_fast.schedule import Objective
+from sas_fast.step import Objective
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 def run(model, image, target, premask, backend: str, dtype: torch.dtype, config: SaSConfig,

@@ -2,7 +2,7 @@
 
 ``sas_fast.attribute(model, images, target)`` explains any PyTorch image classifier;
 ``sas_fast.SaS`` is the same as a Captum-style object. Layers: :mod:`sas_fast.ops` (kernels
-and the reference), :mod:`sas_fast.schedule` / :mod:`sas_fast.config` (the algorithm), and
+and the reference), :mod:`sas_fast.step` / :mod:`sas_fast.config` (the algorithm), and
 the interfaces (this module, :mod:`sas_fast.cli`).
 """
 from .attribute import SaS, SaSTrace, attribute

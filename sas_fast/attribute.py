@@ -7,7 +7,6 @@ output the min-max normalised schedule (paper eq. 8).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -17,12 +16,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops
-from .checks import FiniteWatch, check_images, model_logits, resolve_target
+from .checks import FiniteWatch, check_images, guarded_model, model_logits, resolve_layer, resolve_target
 from .config import SaSConfig, make_config
 from .cpu_memory import default_max_batch, tune_malloc
 from .iteration import IterationRunner
 from .precision import resolve_precision
-from .schedule import Objective, mask_areas, mode_names
+from .step import Objective, mask_areas, mode_names
 
 
 @dataclass
@@ -46,38 +45,6 @@ class SaSTrace:
     saliency: torch.Tensor
     loss: torch.Tensor
     passes: torch.Tensor
-
-
-@contextlib.contextmanager
-def guarded_model(model: nn.Module):
-    """Eval mode with frozen parameters for the duration; every module's ``training`` flag
-    and every parameter's ``requires_grad`` flag are restored exactly on exit."""
-    training = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, t in training:
-            m.training = t
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-def _resolve_layer(model: nn.Module, layer):
-    if layer is None:
-        return None
-    if isinstance(layer, str):
-        named = dict(model.named_modules())
-        if layer not in named:
-            raise ValueError(f"layer {layer!r} is not a module of the model; some names: "
-                             f"{[n for n in named if n][:10]}")
-        return named[layer]
-    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
-        raise ValueError("layer must be an nn.Module inside the model (or its name)")
-    return layer
 
 
 def _trace_points(config: SaSConfig) -> list:
@@ -117,7 +84,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
                                  max_batch=config.max_batch or default_max_batch(images))
     if images.device.type == "cpu":
         tune_malloc()
-    layer = _resolve_layer(model, layer)
+    layer = resolve_layer(model, layer)
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
     images = images.detach()
@@ -197,7 +164,13 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
               seed: int = FROM_PRESET, backend: str = FROM_PRESET, preset: str = "default",
               return_trace: bool = False, progress: bool | None = None,
               additional_forward_args=None, **options):
-    """Saliency as a Schedule for a batch of images.
+    """Saliency as a Schedule for a batch of images: ``B x H x W`` maps in [0, 1].
+
+    The algorithm (pre-mask -> schedule -> masks at K areas -> insertion / deletion scores of
+    the masked images -> Adam on the pre-mask; SPEC sections 2-4) is written out in
+    :meth:`SaS.attribute`, the same computation with a ``B x 1 x H x W`` result.
+    ``mode``, ``num_masks``, ``iterations``, ``seed``, ``backend`` and ``**options`` left out
+    take the preset's value.
 
     Args:
         model: classifier ``B x C x H x W -> B x classes`` (logits); used in eval mode, left as found.
@@ -208,9 +181,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
             (or one) entries; None = the model's top-1 class.
         mode: loss of paper eq. 7: ``"insertion"``, ``"deletion"`` or ``"both"``.
         num_masks: K, masks of areas ``k / (K - 1)``, from fully OFF to fully ON (>= 3).
-        iterations: Adam steps on the pre-mask.
-            ``mode``, ``num_masks``, ``iterations``, ``seed``, ``backend`` and ``**options`` left
-            out take the preset's value.
+        iterations: Adam steps on the pre-mask (>= 1).
         layer: an ``nn.Module`` inside ``model`` (or its name): feature saliency (paper eq. 9),
             ``sum_k ||f^l(x) - f^l(Mask(x, m_k))||^2`` minimised on insertion images
             (maximised on deletion images); ``target`` is then ignored.
@@ -231,6 +202,21 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
     Returns:
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,
         paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> import sas_fast
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+        >>> images = torch.randn(2, 3, 16, 12)          # B x C x H x W, any H, W >= window
+        >>> saliency = sas_fast.attribute(model, images, target=3, iterations=5, num_masks=4)
+        >>> saliency.shape, saliency.dtype
+        (torch.Size([2, 16, 12]), torch.float32)
+        >>> float(saliency.amin()), float(saliency.amax())
+        (0.0, 1.0)
     """
     given = dict(mode=mode, num_masks=num_masks, iterations=iterations, seed=seed, backend=backend)
     config = make_config(preset, **{k: v for k, v in given.items() if v is not FROM_PRESET}, **options)
@@ -252,6 +238,74 @@ class SaS:
 
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None,
                   return_trace: bool = False, progress: bool | None = None):
+        r"""Saliency as a Schedule of ``inputs``: a learned priority order over the pixels,
+        ``B x 1 x H x W`` in [0, 1] (1 = revealed first, most important).
+
+        Algorithm (SPEC sections 2-4; paper eqs. 2-8). The optimised variable is a pre-mask
+        ``pm`` ``B x 1 x (H+2r) x (W+2r)``, ``r = ws // 2``, drawn N(0, 1) from ``seed``
+        (the same draw for every image). Each of ``iterations`` Adam steps (lr ``lr``) computes::
+
+            S     = SoftMaxPool_beta(Gauss_ws(pm))            schedule, B x 1 x H x W (SPEC 2.2-2.3)
+            a_k   = k / (K - 1),  k = 1 .. K-2                areas; OFF and ON are constant (2.4)
+            t_k   : mean_i sigmoid(s (S_i - t_k))^2 = a_k     thresholds, B x K' (SPEC 2.5)
+            m_k   = sigmoid(s (S - t_k))                      masks, never stored (SPEC 2.6)
+            x_k^I = Mask(x, m_k),  x_k^D = Mask(x, 1 - m_k)   blur-pyramid images (SPEC 2.7)
+            L     = - sum_k z(x_k^I) + sum_k z(x_k^D)         z = f(.)[target] (eq. 7, SPEC 2.8)
+
+        and back-propagates ``dL / d pm`` through the masks, the thresholds (implicitly,
+        SPEC 3) and the schedule. ``mode="insertion"`` / ``"deletion"`` keeps one sum; with
+        ``layer`` the score is ``z(x) = || f^l(x_clean) - f^l(x) ||^2`` with the signs swapped
+        (eq. 9). The output is ``S`` min-max normalised per image (eq. 8, SPEC 4). One step
+        costs ``B x M x K'`` model passes (``M`` modes, ``K' = K - 2`` areas, or
+        ``area_samples``); ``trace.passes`` counts them.
+
+        Args:
+            inputs (Tensor): ``B x C x H x W`` floating point, finite, normalised the way the
+                model expects, on the model's device; any ``H, W >= window`` (``window`` is
+                odd, by default scaled from 41 at 224 px: 5 at 32 px, 3 at 16 px). Float64
+                inputs get float64 masks, others float32.
+            target (int, list, Tensor or None, optional): the explained class, an index in
+                ``[0, classes)``: an int for every image, a list of ``B`` ints, a LongTensor
+                ``[B]`` (or ``[1]``); ``None`` (default): the model's top-1 class on the clean
+                image. Ignored for feature saliency (``layer`` given to :class:`SaS`).
+            additional_forward_args (Any, optional): extra positional arguments of the
+                model's forward, after the images: one object or a tuple / list; tensors whose
+                first dimension is ``B`` are indexed per masked image. Default: None.
+            return_trace (bool, optional): also return a :class:`SaSTrace` with every mask's
+                score at the recorded iterations (paper figure 3). Default: False.
+            progress (bool or None, optional): show a progress bar; None (default): only on a
+                terminal.
+
+        The model, ``preset``, ``layer`` and the :class:`sas_fast.config.SaSConfig` fields
+        (``mode`` in ``"insertion" | "deletion" | "both"``, ``num_masks`` K >= 3,
+        ``iterations`` >= 1, ``backend`` in ``"auto" | "reference" | "triton" | "cpp"``,
+        ``precision`` in ``"auto" | "fp32" | "bf16"``, ...) are the constructor's. A bad
+        value raises ``ValueError`` naming the argument and what is allowed, before any work.
+
+        Returns:
+            *Tensor* or (*Tensor*, *SaSTrace*): **attributions** ``B x 1 x H x W`` float32 in
+            [0, 1] on the inputs' device (Captum's layout of a one-channel attribution); with
+            ``return_trace`` the tuple ``(attributions, trace)``, ``trace.scores[mode]``
+            ``T x B x K`` and ``trace.passes`` ``[B]``.
+
+        Example::
+
+            >>> import torch
+            >>> from torch import nn
+            >>> import sas_fast
+            >>> _ = torch.manual_seed(0)
+            >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+            ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+            >>> images = torch.randn(2, 3, 16, 16)          # B x C x H x W
+            >>> sas = sas_fast.SaS(model, iterations=5, num_masks=4)
+            >>> attr, trace = sas.attribute(images, target=torch.tensor([3, 7]), return_trace=True)
+            >>> attr.shape
+            torch.Size([2, 1, 16, 16])
+            >>> float(attr.amin()), float(attr.amax())
+            (0.0, 1.0)
+            >>> trace.passes                                # 5 iterations x 2 areas x 2 modes
+            tensor([20, 20])
+        """
         out = run_sas(self.model, inputs, target, layer=self.layer, config=self.config,
                       return_trace=return_trace, progress=progress,
                       additional_forward_args=additional_forward_args)

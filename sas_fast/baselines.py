@@ -4,7 +4,7 @@ Every function is ``(model, images, target=None, **options) -> B x H x W`` float
 not normalised (the deletion game only uses the ranking). ``images`` ``B x C x H x W`` in the
 model's input space; ``target`` a class per image (int, list, LongTensor[B]) or None for the
 model's top-1 class. The model is used in eval mode with frozen parameters and left exactly as
-found (:func:`sas_fast.attribute.guarded_model`). Channel reductions follow SPEC section 5.
+found (:func:`sas_fast.checks.guarded_model`). Channel reductions follow SPEC section 5.
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attribute import _resolve_layer, guarded_model
-from .checks import check_images, model_logits, resolve_target
+from .checks import check_images, guarded_model, model_logits, resolve_layer, resolve_target
 from .models.cifar import Residual
 
 
@@ -82,7 +81,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target=None, layer=None) ->
     upsampled (``align_corners=False``) from the layer's resolution to ``H x W``."""
     from captum.attr import LayerGradCam
 
-    layer = default_gradcam_layer(model) if layer is None else _resolve_layer(model, layer)
+    layer = default_gradcam_layer(model) if layer is None else resolve_layer(model, layer)
 
     def explain(x, t):
         cam = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)

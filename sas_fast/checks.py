@@ -1,9 +1,11 @@
 """Input checks shared by :func:`sas_fast.attribute`, :mod:`sas_fast.baselines` and the
 deletion game: every bad input gets one ``ValueError`` naming the argument, the value and
-what is allowed, before any work is done; and a watch for non-finite scores during a SaS run.
+what is allowed, before any work is done; the guard that puts the caller's model in eval
+mode with frozen parameters and restores it; and a watch for non-finite scores during a SaS run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import tempfile
@@ -101,6 +103,40 @@ def model_logits(model: nn.Module, images: torch.Tensor, args: tuple = (), class
     if not bool(torch.isfinite(out).all()):
         raise ValueError("the model's output on the images contains NaN or Inf")
     return out
+
+
+@contextlib.contextmanager
+def guarded_model(model: nn.Module):
+    """Eval mode with frozen parameters for the duration; every module's ``training`` flag
+    and every parameter's ``requires_grad`` flag are restored exactly on exit."""
+    training = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, t in training:
+            m.training = t
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def resolve_layer(model: nn.Module, layer):
+    """The module ``layer`` names: None, an ``nn.Module`` inside ``model``, or the name of one
+    (a key of ``model.named_modules()``)."""
+    if layer is None:
+        return None
+    if isinstance(layer, str):
+        named = dict(model.named_modules())
+        if layer not in named:
+            raise ValueError(f"layer {layer!r} is not a module of the model; some names: "
+                             f"{[n for n in named if n][:10]}")
+        return named[layer]
+    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+        raise ValueError("layer must be an nn.Module inside the model (or its name)")
+    return layer
 
 
 def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 ``explain`` runs SaS with the bundled ImageNet classifier (EfficientNet-Lite0) on photos
 and writes one heat-map overlay PNG per image, at the photo's own size; ``compare`` writes
 a grid of SaS next to the baselines (paper figure 5); ``attribute-dataset`` and ``merge``
-(:mod:`sas_fast.dataset_run`) attribute whole datasets, sharded under ``torchrun``.
+(:mod:`sas_fast.dataset.cli`) attribute whole datasets, sharded under ``torchrun``
+(``torchrun --nproc-per-node K -m sas_fast.cli attribute-dataset ...``).
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import torch
 
 from .checks import check_writable
 from .config import PRESETS, PRECISIONS
-from .dataset_run import add_cli_arguments as add_dataset_commands
-from .dataset_run import run_command
+from .dataset.cli import add_cli_arguments as add_dataset_commands
 from .precision import resolve_precision
 
 #: ``explain --demo``: the default schedule for 80 iterations (2,880 model image-passes; timings in
@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=compare)
     add_dataset_commands(sub)
     return parser
+
+
+def run_command(args) -> int:
+    """``args.func(args)``; a bad input (``ValueError``) or an unwritable path (``OSError``) is
+    reported as one line ``sas-fast: ...`` on stderr with exit status 2, without a traceback."""
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:
+        print("sas-fast: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:

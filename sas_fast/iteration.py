@@ -1,5 +1,5 @@
 """One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
-gradient, :func:`~sas_fast.schedule.sas_step`, Adam step (learning rate ``config.lr``, with
+gradient, :func:`~sas_fast.step.sas_step`, Adam step (learning rate ``config.lr``, with
 ``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i), keep the
 thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
@@ -19,7 +19,7 @@ import torch
 
 from .config import SaSConfig
 from .sampling import AreaSampler
-from .schedule import Objective, StepConstants, StepResult, mask_areas, sas_step
+from .step import Objective, StepConstants, StepResult, mask_areas, sas_step
 
 #: eager iterations before the capture (PyTorch's CUDA-graph notes ask for a few on a side stream)
 WARMUP = 3

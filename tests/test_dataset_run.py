@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sas_fast.dataset import DatasetRunError, attribute_dataset, merge, resolve_model
-from sas_fast.dataset_run import main
+from sas_fast.cli import main
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -93,9 +93,9 @@ def test_two_processes_give_the_maps_of_one(data, tmp_path):
     """torchrun with 2 gloo processes and a plain single process write identical maps."""
     common = ["attribute-dataset", "--images", str(data / "images.npz"), *CLI_SETTINGS, "--chunk-size", "4"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "sas_fast.dataset_run", *common,
+    subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "sas_fast.cli", *common,
                     "--out", str(tmp_path / "two")], check=True, env=_env(threads=1), cwd=REPO)
-    subprocess.run([sys.executable, "-m", "sas_fast.dataset_run", *common, "--out", str(tmp_path / "one")],
+    subprocess.run([sys.executable, "-m", "sas_fast.cli", *common, "--out", str(tmp_path / "one")],
                    check=True, env=_env(threads=1), cwd=REPO)
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert two["throughput"]["world_size"] == 2 and two["complete"]
@@ -135,7 +135,7 @@ def test_killed_rank_resumes_without_loss_or_duplicates(data, tmp_path):
     the kill lands long before rank 1's last chunk."""
     cli = list(CLI_SETTINGS)
     cli[cli.index("--iterations") + 1] = "60"
-    common = ["-m", "sas_fast.dataset_run", "attribute-dataset", "--images", str(data / "images.npz"),
+    common = ["-m", "sas_fast.cli", "attribute-dataset", "--images", str(data / "images.npz"),
               *cli, "--chunk-size", "4", "--out"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     torchrun = Path(sys.executable).with_name("torchrun")

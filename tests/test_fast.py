@@ -8,7 +8,7 @@ from sas_fast import config as sas_config
 from sas_fast.config import SaSConfig, make_config
 from sas_fast.iteration import IterationRunner
 from sas_fast.sampling import AreaSampler
-from sas_fast.schedule import Objective, mask_areas, sas_step
+from sas_fast.step import Objective, mask_areas, sas_step
 from test_attribute import TextureDetector, region_recall, textured_images
 
 

@@ -11,7 +11,8 @@
 
 Chunks are fixed index ranges dealt round-robin to the processes (chunk ``c`` to rank
 ``c mod world_size``), and every image's pre-mask comes from the same seed, so the maps do
-not depend on the number of processes. The command line is :mod:`sas_fast.dataset_run`.
+not depend on the number of processes. The command line (``sas-fast attribute-dataset`` and
+``sas-fast merge``) is :mod:`.cli`.
 """
 from .chunks import merge
 from .errors import DatasetRunError

@@ -18,7 +18,7 @@ from ..attribute import attribute
 from ..checks import model_logits
 from ..config import PRECISIONS, make_config
 from ..precision import resolve_precision
-from ..schedule import mask_areas, mode_names
+from ..step import mask_areas, mode_names
 from .chunks import (MANIFEST, chunk_ranges, read_json, record_file, remove_temp_files,
                      verified_record, write_chunk, write_json)
 from .errors import DatasetRunError

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribute import guarded_model
-from ..checks import check_images, is_int, is_real, model_logits, resolve_target
+from ..checks import check_images, guarded_model, is_int, is_real, model_logits, resolve_target
 from .nli import nli_impute
 
 

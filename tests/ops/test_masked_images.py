@@ -9,7 +9,7 @@ import torch
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.ops import reference as R
-from sas_fast.schedule import Objective, StepConstants, mask_areas, mode_names, sas_step
+from sas_fast.step import Objective, StepConstants, mask_areas, mode_names, sas_step
 
 D = torch.float64
 MODES = ("both", "insertion", "deletion")

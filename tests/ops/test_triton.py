@@ -17,7 +17,7 @@ import torch
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.ops import reference as R
-from sas_fast.schedule import Objective, sas_step
+from sas_fast.step import Objective, sas_step
 
 CUDA = torch.cuda.is_available()
 DEVICES = [

@@ -1,4 +1,4 @@
-"""Command line of dataset-scale attribution: ``attribute-dataset`` and ``merge``.
+"""The dataset sub-commands of ``sas-fast``: ``attribute-dataset`` and ``merge``.
 
 One process::
 
@@ -7,16 +7,16 @@ One process::
         [--iterations 200] [--precision bf16] [--targets labels|predicted] [--option window=7]
     sas-fast merge runs/c10                      # -> runs/c10/saliency.npz
 
-(``python -m sas_fast.dataset_run`` takes the same sub-commands.) Several processes on one
-machine, one per GPU (or CPU processes with gloo), with PyTorch's launcher::
+(``python -m sas_fast.cli`` is the same command.) Several processes on one machine, one per
+GPU (or CPU processes with gloo), with PyTorch's launcher::
 
-    torchrun --nproc-per-node 8 -m sas_fast.dataset_run attribute-dataset --images ... --out runs/c10
+    torchrun --nproc-per-node 8 -m sas_fast.cli attribute-dataset --images ... --out runs/c10
 
 Several machines (``--out`` on a file system all of them see; run on every node)::
 
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
         --rdzv-endpoint HOST0:29500 --rdzv-id c10-job \\
-        -m sas_fast.dataset_run attribute-dataset --images ... --model ... --out /shared/runs/c10
+        -m sas_fast.cli attribute-dataset --images ... --model ... --out /shared/runs/c10
 
 Each process takes the chunks ``c`` with ``c mod WORLD_SIZE == RANK`` and uses GPU
 ``LOCAL_RANK`` when CUDA is available; rank 0 shows the progress of all of them. An
@@ -26,15 +26,17 @@ a time. On CPU, torchrun gives each worker one thread (``OMP_NUM_THREADS=1``); o
 per core was faster than one process with a thread per core on a busy 2-core machine.
 
 Wiring into a parser: ``add_cli_arguments(subparsers)`` adds both sub-commands with
-``func`` set to their handler (``args.func(args)`` returns the exit status).
+``func`` set to their handler (``args.func(args)`` returns the exit status); the parser and
+``main`` are :mod:`sas_fast.cli`'s.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .config import parse_option
-from .dataset import DatasetRunError, attribute_dataset, merge
+from ..config import parse_option
+from .chunks import merge
+from .errors import DatasetRunError
+from .run import attribute_dataset
 
 
 #: attribute_dataset arguments that have their own flag (``--option`` cannot set them)
@@ -85,24 +87,3 @@ def add_cli_arguments(subparsers) -> None:
     m.add_argument("--dest", default=None, help="npz to write (default DIR/saliency.npz)")
     m.set_defaults(func=run_merge)
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sas_fast.dataset_run",
-                                     description="dataset-scale SaS attribution")
-    add_cli_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return run_command(args)
-
-
-def run_command(args) -> int:
-    """``args.func(args)``; a bad input (``ValueError``) or an unwritable path (``OSError``) is
-    reported as one line ``sas-fast: ...`` on stderr with exit status 2, without a traceback."""
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as err:
-        print("sas-fast: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
