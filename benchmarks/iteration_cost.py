@@ -40,13 +40,15 @@ from sas_fast.step import Objective
 
 class LaunchCounter(TorchDispatchMode):
     """Counts torch ops (``ops``: kernels; ``views`` and ``allocations`` apart) and Triton
-    launches (``triton``) by name while active and not ``paused``."""
+    launches (``triton``) by name while active and not ``paused``; ``largest_allocation``: the
+    most elements one allocation asked for."""
 
     ALLOCATIONS = ("aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty")
 
     def __init__(self):
         super().__init__()
         self.ops, self.views, self.allocations, self.triton = Counter(), Counter(), Counter(), Counter()
+        self.largest_allocation = 0
         self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -56,6 +58,9 @@ class LaunchCounter(TorchDispatchMode):
             name = str(func.overloadpacket)
             kind = self.views if func.is_view else self.allocations if name in self.ALLOCATIONS else self.ops
             kind[name] += 1
+            if kind is self.allocations:
+                self.largest_allocation = max([self.largest_allocation] + [
+                    leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)])
         return out
 
     def count_launch(self, name: str) -> None:
@@ -66,7 +71,7 @@ class LaunchCounter(TorchDispatchMode):
         return {"torch_ops": sum(self.ops.values()), "triton_launches": sum(self.triton.values()),
                 "total": sum(self.ops.values()) + sum(self.triton.values()),
                 "views": sum(self.views.values()), "allocations": sum(self.allocations.values()),
-                "by_name": dict(self.ops + self.triton)}
+                "largest_allocation": self.largest_allocation, "by_name": dict(self.ops + self.triton)}
 
 
 @contextmanager

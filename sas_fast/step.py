@@ -167,6 +167,6 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     images.backward(grad.unflatten(0, images.shape[:2]))
 
     scores = (scores[0] if len(scores) == 1 else torch.cat(scores)).view(b, len(modes), areas.numel())
-    loss = (scores * sign).sum(dim=(1, 2))
+    loss = scores.flatten(1).mv(sign[0].flatten())          # sum_{m, k} sign_mk z_bmk, one op
     return StepResult(loss=loss, scores={m: scores[:, i] for i, m in enumerate(modes)},
                       thresholds=thresholds)

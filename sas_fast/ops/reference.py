@@ -4,6 +4,9 @@ Every fused backend (Triton, C++) is tested against these. They are written to b
 read: each function states its shapes and formula and uses only differentiable
 PyTorch ops, so autograd supplies the backward pass (the threshold solve is the one
 exception: it runs under ``no_grad`` and its implicit gradient is built in explicitly).
+The Python-side math the fused backends share is defined here once, as small named functions:
+the smoothing's sigma and taps, the pyramid's sigma and radius per level, the threshold solve's
+solved areas, bracket and cold start.
 """
 from __future__ import annotations
 
@@ -26,6 +29,26 @@ def gaussian_taps(sigma: float, radius: int, dtype=torch.float32, device=None) -
     return (taps / taps.sum()).to(dtype)
 
 
+def smoothing_sigma(window: int) -> float:
+    """Sigma of the schedule's Gaussian smoothing for a ``window``-pixel window: ``(window - 1) / 4``
+    (the window then spans +-2 sigma)."""
+    return (window - 1) / 4.0
+
+
+def smoothing_taps(window: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The smoothing's taps ``[window]``: :func:`gaussian_taps` of :func:`smoothing_sigma`, radius
+    ``window // 2``."""
+    return gaussian_taps(smoothing_sigma(window), window // 2, dtype, device)
+
+
+def pyramid_blur(level: int, levels: int, max_blur: float) -> tuple:
+    """``(sigma, radius)`` of pyramid level ``level`` of ``levels``: ``sigma = max_blur (1 - l / (L - 1))``
+    (level 0 the most blurred, level L - 1 the image, sigma 0), taps at ``+-radius``,
+    ``radius = ceil(4 sigma)``."""
+    sigma = max_blur * (1 - level / (levels - 1))
+    return sigma, math.ceil(4 * sigma)
+
+
 def _separable_conv(x: torch.Tensor, taps: torch.Tensor, padding: int) -> torch.Tensor:
     """Depthwise 2-D convolution of ``x`` (N x C x H x W) with ``taps`` along W then H."""
     c = x.shape[1]
@@ -41,9 +64,7 @@ def gaussian_smooth(premask: torch.Tensor, window: int) -> torch.Tensor:
 
     Taps ``exp(-x^2 / (2 sigma^2))``, sigma = (window - 1) / 4, normalised to sum 1.
     """
-    r = window // 2
-    taps = gaussian_taps((window - 1) / 4.0, r, premask.dtype, premask.device)
-    return _separable_conv(premask, taps, padding=0)
+    return _separable_conv(premask, smoothing_taps(window, premask.dtype, premask.device), padding=0)
 
 
 def softmax_pool(x: torch.Tensor, window: int, beta: float = 1.0) -> torch.Tensor:
@@ -83,6 +104,39 @@ def mask_area(masks: torch.Tensor) -> torch.Tensor:
     return masks.square().mean(dim=(-2, -1))
 
 
+def solved_areas(areas: torch.Tensor) -> tuple:
+    """``(inner, a_in)``: which areas the threshold solve solves (``0 < a < 1``; areas 0 / 1 give
+    thresholds +inf / -inf) and the areas with the others replaced by 0.5 (any inner value: their
+    solve's values are discarded)."""
+    inner = (areas > 0) & (areas < 1)
+    return inner, torch.where(inner, areas, torch.full_like(areas, 0.5))
+
+
+def root_area_logit(areas: torch.Tensor) -> torch.Tensor:
+    """``logit(sqrt a) = log(sqrt a / (1 - sqrt a))``, the Newton solve's target value of
+    ``rho = logit(sqrt A(t))`` (areas in (0, 1))."""
+    root = areas.sqrt()
+    return torch.log(root / (1 - root))
+
+
+def solve_bracket(x_min, x_max, logit_root_area, sharpness):
+    """Initial bracket ``(lo, hi)`` of the threshold solve: ``lo = min x - (logit(sqrt a) + 1) / s``,
+    ``hi = max x - (logit(sqrt a) - 1) / s``.
+
+    At ``t = lo`` every ``sig_i = sigmoid(s (x_i - t)) >= sigmoid(logit(sqrt a) + 1) > sqrt a``, so
+    ``r(lo) = mean sig^2 - a >= 0``; at ``hi`` likewise ``r(hi) <= 0``: the root lies in between.
+    Arithmetic only, so it runs on torch tensors and, compiled as a Triton device function
+    (``ops/triton/launch.py::device_function``), inside the Triton solve kernel."""
+    return x_min - (logit_root_area + 1) / sharpness, x_max - (logit_root_area - 1) / sharpness
+
+
+def quantile_start(x: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """Cold start of the threshold solve: the ``(1 - a_k)`` quantile of each schedule row,
+    ``x`` ``B x N``, ``areas`` ``[K]`` (inner) -> ``B x K`` (contiguous). Clamped into
+    :func:`solve_bracket` by the solve."""
+    return torch.quantile(x, 1 - areas, dim=1).T.contiguous()
+
+
 @torch.no_grad()
 def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
                      thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
@@ -96,26 +150,24 @@ def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: flo
     (same root and sign as r; exactly linear, ``s (x - t) - logit sqrt a``, when all pixels are
     equal, and nearly so in the exponential tails): ``rho' = J / (2 A (1 - sqrt A))``, step
     ``t_N = t - rho / rho'``. Safeguard: the root stays bracketed by ``[lo, hi]`` (initially
-    ``min x - (logit(sqrt a) + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``, where r >= 0 and
-    r <= 0), shrunk by every evaluated point. Each step evaluates one point: ``t_N`` if it is
+    :func:`solve_bracket`: ``min x - (logit(sqrt a) + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``,
+    where r >= 0 and r <= 0), shrunk by every evaluated point. Each step evaluates one point: ``t_N`` if it is
     defined (0 < A < 1, J < 0) and strictly inside the bracket, and the previous Newton step
     (if any) at least halved ``|r|``; otherwise the bisection ``(lo + hi) / 2``. So Newton
     converges quadratically near the root, and every Newton step that does not pay off is
     followed by a halving of the bracket: flat stretches of r (J = 0) cannot stall it.
-    Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule, clamped
-    into the bracket. Stops when ``max |r| < tol`` or after ``max_iter`` steps; returns the
-    evaluated point of least ``|r|``. Areas 0 and 1 are not solved: their thresholds are
+    Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule
+    (:func:`quantile_start`), clamped into the bracket. Stops when ``max |r| < tol`` or after
+    ``max_iter`` steps; returns the evaluated point of least ``|r|``. Areas 0 and 1 are not solved: their thresholds are
     +inf / -inf (masks exactly 0 / 1).
     """
     x = schedule.flatten(1).unsqueeze(1)                    # B x 1 x N
     a = areas.to(x.dtype).view(1, -1)                        # 1 x K
-    inner = (a > 0) & (a < 1)
-    a_in = torch.where(inner, a, torch.full_like(a, 0.5))
-    logit = torch.log(a_in.sqrt() / (1 - a_in.sqrt()))
-    lo = x.amin(-1) - (logit + 1) / sharpness                # B x K, r(lo) >= 0
-    hi = x.amax(-1) - (logit - 1) / sharpness                # B x K, r(hi) <= 0
+    inner, a_in = solved_areas(a)
+    logit = root_area_logit(a_in)
+    lo, hi = solve_bracket(x.amin(-1), x.amax(-1), logit, sharpness)   # B x K each
     if thresholds_init is None:
-        t = torch.quantile(x.squeeze(1), (1 - a_in).squeeze(0), dim=1).T.contiguous()
+        t = quantile_start(x.squeeze(1), a_in.squeeze(0))
     else:
         t = torch.where(inner, thresholds_init.to(x.dtype), torch.zeros_like(lo))
     t = torch.minimum(torch.maximum(t, lo), hi)
@@ -209,8 +261,7 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) 
     """
     out = []
     for level in range(levels):
-        sigma = max_blur * (1 - level / (levels - 1))
-        radius = math.ceil(4 * sigma)
+        sigma, radius = pyramid_blur(level, levels, max_blur)
         taps = gaussian_taps(sigma, radius, images.dtype, images.device)
         out.append(_separable_conv(images, taps, padding=radius))
     return torch.stack(out, dim=1)

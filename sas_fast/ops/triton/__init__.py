@@ -6,11 +6,16 @@ in its own module (kernels and autograd wiring together):
 - :func:`smooth_softmax_pool` (``smooth_softmax_pool.py``): Gaussian valid blur + the separable,
   stable soft-max-pool; backward as window sums, deterministic (gathers only, no atomics).
 - :func:`threshold_masks` (``threshold_masks.py``): one program per (image, area) pair runs the
-  safeguarded Newton solve and writes its mask; implicit-gradient backward.
+  safeguarded Newton solve (bracket and start clamp inside the kernel) and writes its mask;
+  implicit-gradient backward. :func:`solve_thresholds`: the same solve, no masks written.
 - :func:`blur_pyramid`, :func:`pyramid_mask` (``pyramid.py``).
 - :func:`masked_images` (``masked_images.py``): the insertion / deletion images straight from
-  the schedule and the thresholds, the masks recomputed in the backward; :func:`solve_thresholds`
-  (the threshold solve alone).
+  the schedule and the thresholds, the masks recomputed in the backward.
+
+Shared pieces: ``window.py`` (the window-sum kernel of every separable Gaussian pass, and the
+Gaussian taps, built once and cached), ``launch.py`` (block sizes, accumulator dtype). The
+Python-side math (smoothing and pyramid sigmas, taps, the solve's bracket and cold start) is the
+reference's own (:mod:`sas_fast.ops.reference`), called from here.
 
 CUDA tensors run the compiled kernels. CPU tensors run under the Triton interpreter, only when
 ``TRITON_INTERPRET=1`` was set before this package was imported (Triton reads it when the
@@ -33,10 +38,10 @@ else:
     _IMPORT_ERROR = None
     __all__ += ["blur_pyramid", "masked_images", "pyramid_mask", "smooth_softmax_pool",
                 "solve_thresholds", "threshold_masks"]
-    from .masked_images import masked_images, solve_thresholds
+    from .masked_images import masked_images
     from .pyramid import blur_pyramid, pyramid_mask
     from .smooth_softmax_pool import smooth_softmax_pool
-    from .threshold_masks import threshold_masks
+    from .threshold_masks import solve_thresholds, threshold_masks
 
 #: the kernels run under the interpreter (TRITON_INTERPRET=1 at import time)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"

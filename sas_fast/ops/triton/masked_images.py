@@ -26,8 +26,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .pyramid import _level_and_fraction
-from .threshold_masks import threshold_masks
-from .window import acc_dtype, block_size
+from .launch import acc_dtype, block_size
 
 _EPS = 1e-12
 
@@ -174,12 +173,3 @@ def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: tor
     return MaskedImages.apply(schedule, thresholds, pyramid, sharpness, tuple(modes), implicit_grad,
                               channels_last)
 
-
-def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
-                     thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
-                     max_iter: int = 50) -> torch.Tensor:
-    """Thresholds ``B x K`` of :func:`~sas_fast.ops.triton.threshold_masks` alone (its solve; the
-    masks its kernel also writes are dropped at once)."""
-    with torch.no_grad():
-        return threshold_masks(schedule.detach(), areas, sharpness, thresholds_init, False, tol,
-                               max_iter)[1]

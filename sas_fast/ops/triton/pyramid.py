@@ -1,8 +1,9 @@
 """The Extremal-Perturbation blur pyramid and the masking operator (SPEC 2.7) as Triton kernels.
 
 ``blur_pyramid``: ``B x C x H x W -> B x L x C x H x W`` (no grad); level l is the image blurred
-by a separable Gaussian of sigma ``max_blur (1 - l / (L - 1))``, taps at ``+-ceil(4 sigma)``, zero
-padding: two window sums per level, written straight into the pyramid.
+by a separable Gaussian of sigma ``max_blur (1 - l / (L - 1))``, taps at ``+-ceil(4 sigma)``
+(:func:`~sas_fast.ops.reference.pyramid_blur`), zero padding: two window sums per level, written
+straight into the pyramid.
 
 ``pyramid_mask``: ``(P B x L x C x H x W, m B x K x H x W) -> B x K x C x H x W``,
 ``w = m (L - 1)``, ``k = min(floor(w), L - 2)`` (and >= 0), ``f = w - k``,
@@ -11,14 +12,14 @@ One program per (b, mask, pixel block) loads the mask once and loops over the ch
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .window import acc_dtype, block_size, gaussian, window_sum
+from .. import reference
+from .launch import acc_dtype, block_size
+from .window import cached_taps, window_sum
 
 
 @torch.no_grad()
@@ -28,12 +29,11 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0) 
     b, c, h, w = images.shape
     out = torch.empty(b, levels, c, h, w, dtype=images.dtype, device=images.device)
     for level in range(levels):
-        sigma = max_blur * (1 - level / (levels - 1))
-        radius = math.ceil(4 * sigma)
+        sigma, radius = reference.pyramid_blur(level, levels, max_blur)
         if radius == 0:
             out[:, level] = images
             continue
-        taps = gaussian(sigma, radius, images.device)
+        taps = cached_taps(sigma, radius, images)
         rows = window_sum(images, taps, 3, -radius, w)
         window_sum(rows, taps, 2, -radius, h, out=out[:, level])
     return out

@@ -3,7 +3,9 @@
 Shapes: premask ``P`` ``B x 1 x (H+2r) x (W+2r)`` -> schedule ``B x 1 x H x W``, r = ws // 2.
 
 Forward, four launches, each O(ws) per pixel (the triples go through global memory):
-1. ``x = blur_cols(blur_rows(P))``: valid Gaussian blur, sigma = (ws - 1) / 4 (two window sums).
+1. ``x = blur_cols(blur_rows(P))``: valid Gaussian blur, the reference's smoothing taps
+   (:func:`~sas_fast.ops.reference.smoothing_taps`, sigma = (ws - 1) / 4, built once per window
+   and cached), two window sums.
 2. Row pass: for row y and column j the online-softmax triple of the row window of the
    reflection-padded ``xp`` (never materialised: indices are reflected on load)
    ``m = max_d xp[y, j+d]``, ``e = sum_d exp(beta (xp - m))``, ``t = sum_d xp exp(beta (xp - m))``;
@@ -32,7 +34,9 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .window import acc_dtype, block_size, gaussian, window_sum
+from .. import reference
+from .launch import acc_dtype, block_size
+from .window import cached_taps, window_sum
 
 
 @triton.jit
@@ -150,6 +154,11 @@ def _launch(kernel, numel, device, *args, acc):
     kernel[(triton.cdiv(numel, block),)](*args, numel, ACC=acc, BLOCK=block)
 
 
+def _smoothing_taps(window: int, like: torch.Tensor) -> torch.Tensor:
+    """The reference's smoothing taps ``[window]`` for tensors like ``like`` (cached)."""
+    return cached_taps(reference.smoothing_sigma(window), window // 2, like)
+
+
 class SmoothSoftmaxPool(torch.autograd.Function):
     """``premask B x 1 x (H+2r) x (W+2r) -> schedule B x 1 x H x W`` (see the module docstring)."""
 
@@ -158,7 +167,7 @@ class SmoothSoftmaxPool(torch.autograd.Function):
         r = window // 2
         p = premask.detach()[:, 0].contiguous()                      # B x (H+2r) x (W+2r)
         b, h, w = p.shape[0], p.shape[1] - 2 * r, p.shape[2] - 2 * r
-        taps, acc = gaussian((window - 1) / 4.0, r, p.device), acc_dtype(p.dtype)
+        taps, acc = _smoothing_taps(window, p), acc_dtype(p.dtype)
         x = window_sum(window_sum(p, taps, 2, 0, w), taps, 1, 0, h)   # B x H x W
         m, e, t = (torch.empty_like(x) for _ in range(3))
         _launch(_rows_forward_kernel, m.numel(), p.device, x, m, e, t, beta, h, w, r, window, acc=acc)
@@ -182,7 +191,7 @@ class SmoothSoftmaxPool(torch.autograd.Function):
                 h, w, r, window, acc=acc)
         _launch(_rows_backward_kernel, x.numel(), x.device, x, m, a, bb, dx, beta, h, w, r, window,
                 acc=acc)
-        taps = gaussian((window - 1) / 4.0, r, x.device)
+        taps = _smoothing_taps(window, x)
         dp = window_sum(window_sum(dx, taps, 1, -2 * r, h + 2 * r), taps, 2, -2 * r, w + 2 * r)
         return dp.unsqueeze(1), None, None
 

@@ -12,9 +12,13 @@ schedule), ``t_N = t - rho / rho'``, ``rho' = J / (2 A (1 - sqrt A))``. Each ste
 every evaluated point) and the previous Newton step (if any) at least halved ``|r|``, else the
 bisection ``(lo + hi) / 2``; stop at ``|r| < tol`` or ``max_iter`` steps; keep the point of least
 ``|r|``. One pass over the pixels per step gives both A and J. Then it writes
-``m_k = sigmoid(s (x - t_k))``. Areas 0 / 1: exact 0 / 1 masks, ``t = +inf / -inf``. The start
-(the (1 - a) quantile, ``torch.quantile``, or the warm start) and the initial bracket are set up
-with torch ops.
+``m_k = sigmoid(s (x - t_k))`` (unless the thresholds alone are asked for,
+:func:`solve_thresholds`: then no masks exist). Areas 0 / 1: exact 0 / 1 masks,
+``t = +inf / -inf``. The bracket is set up inside the kernel (one more pass: min and max of the
+row, then the reference's :func:`~sas_fast.ops.reference.solve_bracket`, the same function
+compiled as a device function), and so is the start's clamp into it; the start itself is the warm
+start, or for a cold start the reference's :func:`~sas_fast.ops.reference.quantile_start`
+(``torch.quantile``, the one solve set-up left in torch ops). A warm-started solve is one launch.
 
 Backward (SPEC section 3): ``G_ki = dL/dm_ki s m_ki (1 - m_ki)``, ``w_ki = m_ki^2 (1 - m_ki)``,
 ``dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + eps)]`` (implicit), or
@@ -27,9 +31,25 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .window import acc_dtype, block_size
+from .. import reference
+from .launch import acc_dtype, block_size, device_function
 
 _EPS = 1e-12
+_bracket = device_function(reference.solve_bracket)
+
+
+@triton.jit
+def _row_min_max(x_row, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """``(min_i x_i, max_i x_i)`` of one schedule row."""
+    low = tl.full([BLOCK], float("inf"), ACC)
+    high = tl.full([BLOCK], float("-inf"), ACC)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < N
+        x = tl.load(x_row + offs, mask=ok, other=0.0).to(ACC)
+        low = tl.minimum(low, tl.where(ok, x, float("inf")))
+        high = tl.maximum(high, tl.where(ok, x, float("-inf")))
+    return tl.min(low, axis=0), tl.max(high, axis=0)
 
 
 @triton.jit
@@ -53,19 +73,20 @@ def _evaluate(x_row, t, a, logit_a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, tol, max_iter,
+def _solve_kernel(x_ptr, a_ptr, t0_ptr, t_ptr, m_ptr, K, N, s, tol, max_iter, write_masks,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Program (b, k): threshold ``t[b, k]`` and mask row ``m[b, k, :]``."""
+    """Program (b, k): threshold ``t[b, k]`` from the start ``t0[b, k]`` (clamped into the bracket),
+    and if ``write_masks`` the mask row ``m[b, k, :]``."""
     pid = tl.program_id(0)
     x_row = x_ptr + (pid // K).to(tl.int64) * N
     m_row = m_ptr + pid.to(tl.int64) * N
     a = tl.load(a_ptr + pid % K).to(ACC)
     if (a > 0) & (a < 1):
         logit_a = tl.log(tl.sqrt(a) / (1 - tl.sqrt(a)))
-        t = tl.load(t0_ptr + pid).to(ACC)
+        x_min, x_max = _row_min_max(x_row, N, ACC, BLOCK)
+        lo, hi = _bracket(x_min, x_max, logit_a, s)
+        t = tl.minimum(tl.maximum(tl.load(t0_ptr + pid).to(ACC), lo), hi)
         r, t_newton = _evaluate(x_row, t, a, logit_a, s, N, ACC, BLOCK)
-        lo = tl.load(lo_ptr + pid).to(ACC)
-        hi = tl.load(hi_ptr + pid).to(ACC)
         lo = tl.where(r > 0, tl.maximum(lo, t), lo)
         hi = tl.where(r <= 0, tl.minimum(hi, t), hi)
         t_best = t
@@ -86,17 +107,19 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, lo_ptr, hi_ptr, t_ptr, m_ptr, K, N, s, t
             r_best = tl.where(better, r, r_best)
             it += 1
         tl.store(t_ptr + pid, t_best)
-        for start in range(0, N, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            ok = offs < N
-            x = tl.load(x_row + offs, mask=ok, other=0.0).to(ACC)
-            tl.store(m_row + offs, tl.sigmoid(s * (x - t_best)), mask=ok)
+        if write_masks != 0:
+            for start in range(0, N, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                ok = offs < N
+                x = tl.load(x_row + offs, mask=ok, other=0.0).to(ACC)
+                tl.store(m_row + offs, tl.sigmoid(s * (x - t_best)), mask=ok)
     else:
         tl.store(t_ptr + pid, tl.where(a > 0, float("-inf"), float("inf")))
-        fill = tl.zeros([BLOCK], ACC) + tl.where(a > 0, 1.0, 0.0)
-        for start in range(0, N, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            tl.store(m_row + offs, fill, mask=offs < N)
+        if write_masks != 0:
+            fill = tl.zeros([BLOCK], ACC) + tl.where(a > 0, 1.0, 0.0)
+            for start in range(0, N, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                tl.store(m_row + offs, fill, mask=offs < N)
 
 
 @triton.jit
@@ -134,29 +157,32 @@ def _schedule_grad_kernel(g_ptr, m_ptr, c_ptr, dx_ptr, K, N, s, IMPLICIT: tl.con
     tl.store(dx_ptr + b * N + offs, acc, mask=ok)
 
 
+def _solve(x: torch.Tensor, areas: torch.Tensor, sharpness: float, thresholds_init, tol: float,
+           max_iter: int, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Thresholds ``B x K`` of schedule rows ``x`` ``B x N`` (contiguous) for ``areas`` ``[K]``, one
+    launch when warm-started; the masks are written into ``masks`` ``B x K x N`` if given."""
+    (b, n), k = x.shape, areas.numel()
+    areas = areas.to(device=x.device, dtype=x.dtype).contiguous()
+    if thresholds_init is None:
+        start = reference.quantile_start(x, reference.solved_areas(areas)[1])
+    else:
+        start = thresholds_init.detach().contiguous()
+    t = torch.empty(b, k, dtype=x.dtype, device=x.device)
+    _solve_kernel[(b * k,)](x, areas, start, t, t if masks is None else masks, k, n,
+                            float(sharpness), float(tol), int(max_iter), int(masks is not None),
+                            ACC=acc_dtype(x.dtype), BLOCK=block_size(n, x.device, gpu_block=1024))
+    return t
+
+
 class ThresholdMasks(torch.autograd.Function):
     """``(x B x 1 x H x W, areas [K]) -> (masks B x K x H x W, thresholds B x K)``."""
 
     @staticmethod
     def forward(ctx, schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter):
         x = schedule.detach().flatten(1).contiguous()                # B x N
-        areas = areas.to(device=x.device, dtype=x.dtype).contiguous()
-        (b, n), k = x.shape, areas.numel()
-        inner = (areas > 0) & (areas < 1)
-        a_in = torch.where(inner, areas, torch.full_like(areas, 0.5))
-        logit = torch.log(a_in.sqrt() / (1 - a_in.sqrt()))
-        lo = (x.amin(1, keepdim=True) - (logit + 1) / sharpness).contiguous()   # B x K, r(lo) >= 0
-        hi = (x.amax(1, keepdim=True) - (logit - 1) / sharpness).contiguous()   # B x K, r(hi) <= 0
-        if thresholds_init is None:
-            t0 = torch.quantile(x, 1 - a_in, dim=1).T
-        else:
-            t0 = torch.where(inner, thresholds_init.detach().to(x.dtype), torch.zeros_like(lo))
-        t0 = torch.minimum(torch.maximum(t0, lo), hi).contiguous()
-        t = torch.empty(b, k, dtype=x.dtype, device=x.device)
-        masks = torch.empty(b, k, n, dtype=x.dtype, device=x.device)
-        _solve_kernel[(b * k,)](x, areas, t0, lo, hi, t, masks, k, n, float(sharpness), float(tol),
-                                int(max_iter), ACC=acc_dtype(x.dtype),
-                                BLOCK=block_size(n, x.device, gpu_block=1024))
+        masks = torch.empty(x.shape[0], areas.numel(), x.shape[1], dtype=x.dtype, device=x.device)
+        t = _solve(x, areas, sharpness, thresholds_init, tol, max_iter, masks)
+        b, k = t.shape
         masks = masks.view(b, k, *schedule.shape[-2:])
         ctx.save_for_backward(masks)
         ctx.sharpness, ctx.implicit_grad = float(sharpness), bool(implicit_grad)
@@ -188,3 +214,13 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
     """``(masks B x K x H x W, thresholds B x K)``: ``m_k = sigmoid(s (x - t_k))``, ``mean m_k^2 = a_k``."""
     return ThresholdMasks.apply(schedule, areas, sharpness, thresholds_init, implicit_grad, tol,
                                 max_iter)
+
+
+def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
+                     thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
+                     max_iter: int = 50) -> torch.Tensor:
+    """Thresholds ``B x K`` of :func:`threshold_masks` alone: the same kernel, no masks written or
+    allocated (no gradient)."""
+    with torch.no_grad():
+        return _solve(schedule.detach().flatten(1).contiguous(), areas, sharpness, thresholds_init,
+                      tol, max_iter)

@@ -1,8 +1,10 @@
-"""Shared pieces of the Triton backend: launch sizes, accumulator dtype, and the 1-D window sum
-``y[.., l, ..] = sum_d taps[d] x[.., l + offset + d, ..]`` along one axis (zero outside ``x``),
-which gives every separable Gaussian pass (valid blur, its transpose, the pyramid's blurs)."""
+"""The 1-D window sum ``y[.., l, ..] = sum_d taps[d] x[.., l + offset + d, ..]`` along one axis
+(zero outside ``x``) as a Triton kernel, which gives every separable Gaussian pass (the valid
+blur, its transpose, the pyramid's blurs), and the Gaussian taps it reads, built once per
+(filter, dtype, device) and cached: no per-call tensor set-up."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -10,18 +12,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-
-
-def block_size(numel: int, device: torch.device, gpu_block: int = 512) -> int:
-    """Elements per program: ``gpu_block`` on a GPU; under the interpreter, where every program
-    instance costs about 1 ms, one large block."""
-    cap = gpu_block if device.type == "cuda" else 1 << 15
-    return min(cap, triton.next_power_of_2(max(int(numel), 1)))
-
-
-def acc_dtype(dtype: torch.dtype):
-    """Accumulator dtype for inputs of ``dtype``: float64 stays float64, everything else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+from .launch import acc_dtype, block_size, taps_dtype
 
 
 @triton.jit
@@ -49,8 +40,9 @@ def window_sum(x: torch.Tensor, taps: torch.Tensor, dim: int, offset: int, n_out
 
     ``offset = 0``, ``n_out = n - len(taps) + 1``: valid correlation; ``offset = -(len(taps) - 1)``,
     ``n_out = n + len(taps) - 1``: its transpose (full convolution, symmetric taps);
-    ``offset = -radius``, ``n_out = n``: zero-padded 'same' filter. ``out`` (optional) may be a
-    view whose every ``out[b]`` is contiguous (a slice of a larger batch).
+    ``offset = -radius``, ``n_out = n``: zero-padded 'same' filter. ``taps`` contiguous, on
+    ``x``'s device, in ``taps_dtype(x.dtype)`` (as :func:`cached_taps` gives them). ``out``
+    (optional) may be a view whose every ``out[b]`` is contiguous (a slice of a larger batch).
     """
     x = x.contiguous()
     dim = dim % x.dim()
@@ -60,15 +52,22 @@ def window_sum(x: torch.Tensor, taps: torch.Tensor, dim: int, offset: int, n_out
     if out is None:
         out = torch.empty(shape, dtype=x.dtype, device=x.device)
     assert list(out.shape) == shape and out[0].is_contiguous()
+    assert taps.device == x.device and taps.dtype == taps_dtype(x.dtype) and taps.is_contiguous()
     numel = out.numel()
     block = block_size(numel, x.device)
-    taps = taps.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     _window_sum_kernel[(triton.cdiv(numel, block),)](
-        x, taps.contiguous(), out, numel, n_in, n_out, inner, offset, taps.numel(),
+        x, taps, out, numel, n_in, n_out, inner, offset, taps.numel(),
         out[0].numel(), out.stride(0), ACC=acc_dtype(x.dtype), BLOCK=block)
     return out
 
 
-def gaussian(sigma: float, radius: int, device: torch.device) -> torch.Tensor:
-    """The reference's normalised Gaussian taps (float64; cast at launch)."""
-    return reference.gaussian_taps(sigma, radius, torch.float64, device)
+@functools.lru_cache(maxsize=128)
+def _taps(sigma: float, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return reference.gaussian_taps(sigma, radius, dtype, device)
+
+
+def cached_taps(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:
+    """The reference's normalised Gaussian taps ``[2 radius + 1]`` (:func:`reference.gaussian_taps`,
+    computed in float64) in ``taps_dtype(like.dtype)`` on ``like``'s device; built on the first
+    call for each (sigma, radius, dtype, device), then reused (never written)."""
+    return _taps(float(sigma), int(radius), taps_dtype(like.dtype), like.device)

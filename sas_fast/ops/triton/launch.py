@@ -1,0 +1,35 @@
+"""Launch settings shared by the Triton kernels: elements per program, the accumulator dtype, and
+reference functions compiled as Triton device functions."""
+from __future__ import annotations
+
+import types
+
+import torch
+import triton
+import triton.language as tl
+
+
+def block_size(numel: int, device: torch.device, gpu_block: int = 512) -> int:
+    """Elements per program: ``gpu_block`` on a GPU; under the interpreter, where every program
+    instance costs about 1 ms, one large block."""
+    cap = gpu_block if device.type == "cuda" else 1 << 15
+    return min(cap, triton.next_power_of_2(max(int(numel), 1)))
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Accumulator dtype for inputs of ``dtype``: float64 stays float64, everything else float32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def taps_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of :func:`acc_dtype` (filter taps are stored in it)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def device_function(fn):
+    """The plain-Python function ``fn`` (arithmetic operators only, such as
+    :func:`sas_fast.ops.reference.solve_bracket`) as a Triton device function: ``triton.jit`` of
+    the same code (source read from ``fn``'s file), bound to this module's globals, where the
+    interpreter finds the ``triton.language`` module it patches (the reference imports no Triton)."""
+    return triton.jit(types.FunctionType(fn.__code__, globals(), fn.__name__, fn.__defaults__,
+                                         fn.__closure__))
