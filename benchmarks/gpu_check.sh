@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (torch + triton + pytest already there; installs nothing):
-#   1. the compiled Triton kernels against the reference (tests/ops/test_triton.py, CUDA cases) and
+#   1. every backend on CUDA against the reference (tests/ops/test_backends.py, test_triton.py: CUDA cases) and
 #      whole runs: CUDA-graph iterations vs eager, Triton vs reference (tests/test_cuda_attribute.py);
 #   2. the op benchmarks, reference vs triton: benchmarks/test_ops_bench.py (torch.compile left
 #      out: it compiles for minutes; SAS_GPU_COMPILED=1 includes it);
@@ -13,7 +13,7 @@
 #      gradient, backward, Adam) captured in a CUDA graph, replays timed with CUDA events at 224 px
 #      B = 1 and 32 px B = 128 (K = 20, both modes), the solve's iteration counts (cold, warm), a
 #      torch.profiler kernel table and the ops + launches of one iteration outside the model;
-# then prints the short tables last. Expected 3-5 minutes on an H100; the timeouts add up to 480 s
+# then prints the short tables last. Expected 3-5 minutes on an H100; the timeouts add up to 550 s
 # at most, and the summary prints whatever finished. At most 10 files go to OUT_DIR.
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (logs and JSON go to OUT_DIR, default $OUT or /tmp)
 set -uo pipefail
@@ -28,7 +28,8 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 torch.cuda.get_device_name(0))" || exit 1
 
 echo "== 1. kernels vs reference (compiled) =="
-timeout 130 $PY -m pytest -q -p no:cacheprovider tests/ops/test_triton.py tests/test_cuda_attribute.py -k "cuda" \
+timeout 200 $PY -m pytest -q -p no:cacheprovider tests/ops/test_backends.py tests/ops/test_triton.py \
+    tests/test_cuda_attribute.py -k "cuda" \
     -o addopts="" -rfE 2>&1 | tee "$OUT_DIR/test_triton.log"
 tests_rc=${PIPESTATUS[0]}
 echo "tests exit code $tests_rc after $((SECONDS - start)) s"

@@ -19,6 +19,7 @@ import torch
 from .checks import check_writable
 from .config import PRESETS, PRECISIONS
 from .dataset.cli import add_cli_arguments as add_dataset_commands
+from .ops import BACKENDS
 from .precision import resolve_precision
 
 #: ``explain --demo``: the default schedule for 80 iterations (2,880 model image-passes; timings in
@@ -175,7 +176,7 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
                         "iterations)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} with --demo)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"])
+    p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="model precision (default auto: bf16 where the device computes it natively, "
                         "else fp32)")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import parse_option
+from ..config import PRECISIONS, parse_option
 from .chunks import merge
 from .errors import DatasetRunError
 from .run import attribute_dataset
@@ -72,8 +72,8 @@ def add_cli_arguments(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.add_argument("--batch-size", type=int, default=32, help="images per SaS batch (default 32)")
     p.add_argument("--iterations", type=int, default=200, help="SaS iterations (default 200)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
-                   help="model precision (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="model precision; auto: bf16 where the device computes it natively (default fp32)")
     p.add_argument("--targets", choices=["auto", "labels", "predicted"], default="auto",
                    help="explained class: labels, top-1 prediction, or auto (labels if the source has them)")
     p.add_argument("--seed", type=int, default=0, help="pre-mask seed (default 0)")

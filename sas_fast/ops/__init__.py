@@ -7,6 +7,8 @@ available for the tensor's device (Triton on CUDA, C++ on CPU; never the Triton 
 which is a test tool), falling back to the reference, so ``"auto"`` works wherever the
 reference does. Inputs and scalar parameters are checked here, once per call for every
 backend; the C++ kernels (float32 / float64) run float16 / bfloat16 inputs in float32.
+``backend`` is keyword-only in every op. The backend contract (what a backend module defines)
+and the checklists for adding an op or a backend: ``sas_fast/ops/README.md``.
 """
 from __future__ import annotations
 
@@ -20,13 +22,18 @@ from ..checks import is_int, is_real
 from . import reference
 
 BACKENDS = ("reference", "triton", "cpp")
+#: the ops every backend module defines, with the reference's signatures (sas_fast/ops/README.md)
+OPS = ("smooth_softmax_pool", "threshold_masks", "solve_thresholds", "masked_images",
+       "blur_pyramid", "pyramid_mask")
 _FALLBACK_WARNED = False  # the "auto falls back to the reference on CPU" warning was given
 _LAST_CHECKED = (lambda: None, -1)  # (weak reference to the areas last found in [0, 1], their version)
 
 
 def _backend_module(name: str):
-    """The module implementing backend ``name`` (it defines the op functions and
-    ``unavailable_reason(device) -> str | None``), or None if it cannot be imported."""
+    """The module implementing backend ``name``, or None if it cannot be imported. What such a
+    module defines (the :data:`OPS` with the reference's signatures, and
+    ``unavailable_reason(device) -> str | None``) is the backend contract of
+    ``sas_fast/ops/README.md``."""
     if name == "reference":
         return reference
     try:
@@ -118,7 +125,7 @@ def _readable(x: torch.Tensor) -> bool:
     return x.device.type != "meta" and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
+def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0, *,
                         backend: str = "auto") -> torch.Tensor:
     """Schedule = SoftMaxPool(Smooth(premask)) (paper eq. 2).
 
@@ -139,7 +146,7 @@ def smooth_softmax_pool(premask: torch.Tensor, window: int, beta: float = 1.0,
 
 def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
                     thresholds_init: torch.Tensor | None = None, implicit_grad: bool = True,
-                    backend: str = "auto", tol: float = 1e-4, max_iter: int = 50):
+                    tol: float = 1e-4, max_iter: int = 50, *, backend: str = "auto"):
     """Masks ``sigmoid(s (schedule - t_k))`` whose sizes ``mean m^2`` equal ``areas``.
 
     ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] ->
@@ -194,7 +201,7 @@ def _check_thresholds_init(thresholds_init, schedule: torch.Tensor, areas: torch
 
 def solve_thresholds(schedule: torch.Tensor, areas, sharpness: float,
                      thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
-                     max_iter: int = 50, backend: str = "auto") -> torch.Tensor:
+                     max_iter: int = 50, *, backend: str = "auto") -> torch.Tensor:
     """The thresholds of :func:`threshold_masks` alone (no gradient): ``B x 1 x H x W``,
     ``areas`` ``[K]`` -> ``B x K`` with ``mean_i sigmoid(s (x_i - t_k))^2 = a_k`` (``+inf`` / ``-inf``
     for areas 0 / 1), by the backend's own solve, warm-started from ``thresholds_init`` if given."""
@@ -213,7 +220,7 @@ _MODES = {"insertion": ("insertion",), "deletion": ("deletion",), "both": ("inse
 
 def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: torch.Tensor,
                   sharpness: float, mode: str = "both", implicit_grad: bool = True,
-                  channels_last: bool = False, backend: str = "auto") -> torch.Tensor:
+                  channels_last: bool = False, *, backend: str = "auto") -> torch.Tensor:
     """The model's input batch straight from the schedule, the masks never stored.
 
     ``schedule`` ``B x 1 x H x W``, ``thresholds`` ``B x K`` (from :func:`solve_thresholds`; held
@@ -246,7 +253,7 @@ def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: tor
               implicit_grad, channels_last)
 
 
-def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
+def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0, *,
                  backend: str = "auto") -> torch.Tensor:
     """``B x C x H x W -> B x L x C x H x W``: level l blurred with sigma ``max_blur (1 - l/(L-1))``
     (level 0 most blurred, level L - 1 the image). No gradient. ``levels``: an integer >= 2;
@@ -257,7 +264,7 @@ def blur_pyramid(images: torch.Tensor, levels: int = 8, max_blur: float = 20.0,
     return _impl("blur_pyramid", backend, images.device, images.dtype)(images, levels, max_blur)
 
 
-def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Masked images ``B x K x C x H x W`` from a pyramid ``B x L x C x H x W`` and masks
     ``B x K x H x W`` in [0, 1]: linear interpolation between the two pyramid levels around
     ``m (L - 1)``. Differentiable in ``masks``; use ``1 - masks`` for deletion images. The mask
@@ -275,5 +282,5 @@ def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor, backend: str = "aut
     return _impl("pyramid_mask", backend, pyramid.device, dtype)(pyramid, masks)
 
 
-__all__ = ["BACKENDS", "blur_pyramid", "masked_images", "pyramid_mask", "resolve_backend",
+__all__ = ["BACKENDS", "OPS", "blur_pyramid", "masked_images", "pyramid_mask", "resolve_backend",
            "smooth_softmax_pool", "solve_thresholds", "threshold_masks", "unavailable_reason"]

@@ -1,15 +1,11 @@
 """Smooth + soft-max-pool on the fused backends: the backward has no atomics (no
 ``reflection_pad2d_backward``, no atomic adds), so two runs give bit-identical gradients and
 the op runs under ``torch.use_deterministic_algorithms(True)`` (so does the whole mask
-pipeline); the reflection padding folded back inside the kernels is exact on the smallest
-images (H = W = window)."""
+pipeline). The reflection fold on images as small as the window: ``test_backends.py``."""
 import pytest
 import torch
 
 from sas_fast import ops
-from sas_fast.ops import reference as R
-
-D = torch.float64
 
 
 def _available(backend, device):
@@ -50,22 +46,6 @@ def test_smooth_softmax_pool_backward_is_bit_identical(backend, device, determin
         grads.append(grad)
     assert torch.isfinite(grads[0]).all() and grads[0].abs().max() > 0
     assert torch.equal(grads[0], grads[1])
-
-
-@pytest.mark.parametrize("backend,device", CASES[:2])
-@pytest.mark.parametrize("h,w,window", [(5, 5, 5), (7, 9, 7), (3, 8, 3)])
-def test_reflection_fold_on_images_as_small_as_the_window(backend, device, h, w, window):
-    """H = window: a row's top and bottom mirror images both fall in one window (three padded
-    copies of one pixel): the gradient must still match the reference and finite differences."""
-    r = window // 2
-    premask = torch.randn(2, 1, h + 2 * r, w + 2 * r, dtype=D, device=device, requires_grad=True)
-    upstream = torch.randn(2, 1, h, w, dtype=D, device=device)
-    (got,) = torch.autograd.grad(ops.smooth_softmax_pool(premask, window, 1.5, backend=backend),
-                                 premask, upstream)
-    (want,) = torch.autograd.grad(R.smooth_softmax_pool(premask, window, 1.5), premask, upstream)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda p: ops.smooth_softmax_pool(p, window, 1.5, backend=backend),
-                                    (premask,), fast_mode=True)
 
 
 @pytest.mark.parametrize("backend,device", CASES)
