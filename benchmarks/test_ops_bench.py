@@ -8,11 +8,13 @@ Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224
 carries in ``extra_info`` (``--benchmark-json``):
 
 - ``cpu_capability`` and ``threads``;
-- ``gb_per_s`` (memory-bound ops: ``threshold_masks``, ``pyramid_mask``, ``mask_pipeline``):
+- ``gb_per_s`` (the ops that move whole ``B x K x H x W`` tensors: ``threshold_masks``,
+  ``pyramid_mask``, ``mask_pipeline``; ``smooth_softmax_pool`` is bound by its ``exp``):
   ``bytes_counted`` / minimum time, where ``bytes_counted`` is the size of every tensor the op's
   forward and backward read or write at their interface, each once per pass (inputs, outputs,
-  incoming and outgoing gradients; an expanded gradient counts one element): a lower bound of the
-  traffic, since scratch buffers and repeated reads of cached data are not counted;
+  incoming and outgoing gradients; the expanded gradient of a ``sum()`` is a single element and
+  not counted): a lower bound of the traffic, since saved tensors re-read by a backward, scratch
+  buffers and repeated reads of cached data are not counted;
 - memory one more call (after the timed ones) needs above what was in use before it, in MiB:
   ``peak_tensor_mib``, the peak of tensor memory handed out by torch's allocator (CUDA:
   ``max_memory_allocated`` after ``reset_peak_memory_stats``; CPU: the running sum of the
