@@ -5,12 +5,31 @@ against the eager reference and ``torch.compile(reference)`` in the same run.
 
 Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224 only with
 ``SAS_BENCH_LARGE=1``: several seconds per call for the reference on a CPU), K = 20. Every result
-carries the CPU capability and thread count in ``extra_info`` (``--benchmark-json``).
+carries in ``extra_info`` (``--benchmark-json``):
+
+- ``cpu_capability`` and ``threads``;
+- ``gb_per_s`` (the ops that move whole ``B x K x H x W`` tensors: ``threshold_masks``,
+  ``pyramid_mask``, ``mask_pipeline``; ``smooth_softmax_pool`` is bound by its ``exp``):
+  ``bytes_counted`` / minimum time, where ``bytes_counted`` is the size of every tensor the op's
+  forward and backward read or write at their interface, each once per pass (inputs, outputs,
+  incoming and outgoing gradients; the expanded gradient of a ``sum()`` is a single element and
+  not counted): a lower bound of the traffic, since saved tensors re-read by a backward, scratch
+  buffers and repeated reads of cached data are not counted;
+- memory one more call (after the timed ones) needs above what was in use before it, in MiB:
+  ``peak_tensor_mib``, the peak of tensor memory handed out by torch's allocator (CUDA:
+  ``max_memory_allocated`` after ``reset_peak_memory_stats``; CPU: the running sum of the
+  ``profile_memory`` events of ``torch.profiler``): the temporaries of the reference and the
+  tensors the C++ ops return, not the C++ kernels' internal ``std::vector`` scratch; and, on a
+  CPU, ``peak_rss_mib``, the rise of the process's peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) over its resident set before the call: it includes that scratch but
+  not memory the allocator reuses without returning it to the system (so it can read 0), and is
+  absent where ``clear_refs`` is not writable.
 """
 import os
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from sas_fast import ops
 from sas_fast.ops import reference
@@ -27,6 +46,57 @@ BACKENDS = ["reference", "compiled", "triton", "cpp"]
 @pytest.fixture(autouse=True)
 def _record_cpu(benchmark):
     benchmark.extra_info.update(cpu_capability=cpu_capability(), threads=torch.get_num_threads())
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _peak_tensor_mib(run) -> float:
+    """Peak tensor memory (MiB) one call of ``run`` allocates above what is live before it."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:  # allocations count positive, frees negative
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _peak_rss_mib(run) -> float | None:
+    """Rise (MiB) of the peak resident set during one call of ``run`` over the resident set before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    run()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _record(benchmark, run, bytes_counted: int | None = None) -> None:
+    """Times ``run``; puts the peak memory (and, given the byte count, ``gb_per_s``) into extra_info."""
+    benchmark(run)
+    benchmark.extra_info["peak_tensor_mib"] = _peak_tensor_mib(run)
+    if DEVICE == "cpu":
+        benchmark.extra_info["peak_rss_mib"] = _peak_rss_mib(run)
+    if bytes_counted is not None and benchmark.stats is not None:
+        benchmark.extra_info.update(bytes_counted=bytes_counted,
+                                    gb_per_s=bytes_counted / benchmark.stats.stats.min / 1e9)
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _fn(op: str, backend: str):
@@ -64,7 +134,7 @@ def test_smooth_softmax_pool(benchmark, case, backend):
         fn(premask, case[2], 1.0).sum().backward()
         _sync()
 
-    benchmark(run)
+    _record(benchmark, run)  # compute-bound (exp per window merge): no GB/s
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,7 +160,8 @@ def test_threshold_masks(benchmark, case, backend, start):
         (masks * weights).sum().backward()
         _sync()
 
-    benchmark(run)
+    # forward: schedule in, masks out; backward: masks and their gradient in, schedule's out
+    _record(benchmark, run, _nbytes(schedule, weights, weights, weights, schedule))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,7 +177,9 @@ def test_pyramid_mask(benchmark, case, backend):
         (fn(pyramid, masks).sum() + fn(pyramid, 1 - masks).sum()).backward()
         _sync()
 
-    benchmark(run)
+    # per call: forward pyramid + masks in, images out; backward pyramid + masks in, mask grad out
+    out = pyramid.new_empty(masks.shape[0], masks.shape[1], *pyramid.shape[2:])
+    _record(benchmark, run, 2 * _nbytes(pyramid, masks, out, pyramid, masks, masks))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,4 +198,11 @@ def test_mask_pipeline(benchmark, case, backend):
         out.backward()
         _sync()
 
-    benchmark(run)
+    # the three ops' interface tensors: pre-mask and schedule (smooth_softmax_pool, both passes),
+    # then those counted by test_threshold_masks and test_pyramid_mask
+    b, k, (h, w) = premask.shape[0], areas.numel(), images.shape[-2:]
+    schedule, masks = images.new_empty(b, 1, h, w), images.new_empty(b, k, h, w)
+    images_out = images.new_empty(b, k, *images.shape[1:])
+    _record(benchmark, run, 2 * _nbytes(premask, schedule)
+            + _nbytes(schedule, masks, masks, masks, schedule)
+            + 2 * _nbytes(pyramid, masks, images_out, pyramid, masks, masks))

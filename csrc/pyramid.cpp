@@ -5,8 +5,11 @@
 // pyramid_mask: (P, masks B x K x H x W) -> B x K x C x H x W,
 //   w = m (L - 1), k = min(floor(w), L - 2) (and >= 0), f = w - k, out = (1 - f) P[k] + f P[k + 1];
 //   backward: dL/dm = (L - 1) sum_c dL/dout_c (P[k + 1]_c - P[k]_c).
-// With both = true it makes the insertion and the deletion images in one pass:
-//   B x 2K x C x H x W, images of the masks m (k < K), then of 1 - m (k >= K).
+// Both kernels work on tiles of kTile pixels of one image, looping over the K masks within a tile
+// so that the tile of the pyramid (L x C x kTile values) stays in cache. Per tile and mask, a
+// first loop turns the masks into offsets of the lower level (lev C n + i) and weights f, then
+// one loop per channel interpolates (forward) or accumulates the gradient (backward): contiguous
+// loops the compiler vectorises, the two level reads as gathers.
 #include <torch/library.h>
 
 #include "common.h"
@@ -14,15 +17,60 @@
 namespace sas_fast {
 namespace {
 
-// Lower pyramid level k = min(floor(w), L - 2) (and >= 0) and weight f = w - k of mask value m,
-// w = m (L - 1). Clamping before truncating gives the same k as flooring first, without a call
-// to floor or a branch (std::max(0, NaN) is 0).
+constexpr int64_t kTile = 1024;
+
+// Offset offset[i] = lev C n + i of the lower level of mask value m[i] (the pixel's value in level
+// lev, channel 0) and weight f[i] = w - lev, w = m[i] (L - 1), lev = min(floor(w), L - 2) (and
+// >= 0; clamping before truncating gives the same lev as flooring first, and NaN gives 0).
 template <typename T>
-inline std::pair<int64_t, T> level_of(T m, int64_t L) {
-  const T w = m * static_cast<T>(L - 1);
-  const int64_t k = static_cast<int64_t>(std::min(static_cast<T>(L - 2), std::max(T(0), w)));
-  return {k, w - static_cast<T>(k)};
+SAS_FAST_ALWAYS_INLINE void levels_of(const T* __restrict m, int64_t len, int64_t L, int64_t level_stride,
+                                      int32_t* __restrict offset, T* __restrict f) {
+  const T top = static_cast<T>(L - 2), scale = static_cast<T>(L - 1);
+  const int32_t stride = static_cast<int32_t>(level_stride);
+  for (int64_t i = 0; i < len; ++i) {
+    const T w = m[i] * scale;
+    const int32_t lev = static_cast<int32_t>(std::min(top, std::max(T(0), w)));
+    offset[i] = lev * stride + static_cast<int32_t>(i);
+    f[i] = w - static_cast<T>(lev);
+  }
 }
+
+// out[c n + i] = (1 - f) P[lev]_c,i + f P[lev + 1]_c,i for the len pixels of a tile of one mask;
+// p: the image's pyramid at the tile's first pixel, m / o: the mask / output at that pixel.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void mask_tile_body(const T* __restrict m, const T* __restrict p, T* __restrict o,
+                                           int64_t len, int64_t L, int64_t C, int64_t n) {
+  int32_t offset[kTile];
+  T f[kTile];
+  levels_of(m, len, L, C * n, offset, f);
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict lo = p + c * n;
+    const T* __restrict hi = lo + C * n;
+    T* __restrict oc = o + c * n;
+    for (int64_t i = 0; i < len; ++i) oc[i] = (T(1) - f[i]) * lo[offset[i]] + f[i] * hi[offset[i]];
+  }
+}
+SAS_FAST_MULTIVERSION(mask_tile, mask_tile_body)
+
+// gm[i] = scale sum_c g[c gc + i] (P[lev + 1]_c,i - P[lev]_c,i) for the len pixels of a tile of
+// one mask (g: the output gradient at the tile's first pixel, channel stride gc, pixels contiguous).
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void mask_grad_tile_body(const T* __restrict m, const T* __restrict p,
+                                                const T* __restrict g, int64_t gc, T* __restrict gm,
+                                                int64_t len, int64_t L, int64_t C, int64_t n, T scale) {
+  int32_t offset[kTile];
+  T f[kTile], acc[kTile];
+  levels_of(m, len, L, C * n, offset, f);
+  for (int64_t i = 0; i < len; ++i) acc[i] = T(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict lo = p + c * n;
+    const T* __restrict hi = lo + C * n;
+    const T* __restrict gch = g + c * gc;
+    for (int64_t i = 0; i < len; ++i) acc[i] += gch[i] * (hi[offset[i]] - lo[offset[i]]);
+  }
+  for (int64_t i = 0; i < len; ++i) gm[i] = scale * acc[i];
+}
+SAS_FAST_MULTIVERSION(mask_grad_tile, mask_grad_tile_body)
 
 at::Tensor blur_pyramid(const at::Tensor& images, int64_t levels, double max_blur) {
   TORCH_CHECK(images.device().is_cpu(), "images must be a CPU tensor");
@@ -53,81 +101,70 @@ void check_pair(const at::Tensor& pyramid, const at::Tensor& masks) {
               "need pyramid B x L x C x H x W and masks B x K x H x W, got ", pyramid.sizes(),
               " and ", masks.sizes());
   TORCH_CHECK(pyramid.size(1) >= 2, "the pyramid needs at least 2 levels");
+  TORCH_CHECK(pyramid.size(1) * pyramid.size(2) * pyramid.size(3) * pyramid.size(4) < (int64_t{1} << 31),
+              "pyramid: L x C x H x W must stay below 2^31 elements per image, got ", pyramid.sizes());
   TORCH_CHECK(pyramid.scalar_type() == masks.scalar_type(), "pyramid and masks must have one dtype");
 }
 
-// Both kernels loop over tiles of kTile pixels, and over all masks within a tile, so that the
-// tile of the pyramid (L x C x kTile values) stays in cache while the K masks read it.
-constexpr int64_t kTile = 1024;
-
-at::Tensor pyramid_mask(const at::Tensor& pyramid, const at::Tensor& masks, bool both) {
+at::Tensor pyramid_mask(const at::Tensor& pyramid, const at::Tensor& masks) {
   check_pair(pyramid, masks);
   const at::Tensor P = pyramid.contiguous(), M = masks.contiguous();
   const int64_t B = P.size(0), L = P.size(1), C = P.size(2), K = M.size(1), n = M.size(2) * M.size(3);
-  const int64_t J = both ? 2 : 1, tiles = (n + kTile - 1) / kTile;  // J: insertion (and deletion)
-  at::Tensor out = at::empty({B, J * K, C, M.size(2), M.size(3)}, P.options());
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  at::Tensor out = at::empty({B, K, C, M.size(2), M.size(3)}, P.options());
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pyramid_mask", [&] {
     const scalar_t *p = P.data_ptr<scalar_t>(), *m = M.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * tiles, grain_for(J * K * C * kTile), [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, B * tiles, grain_for(K * C * kTile), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(n, i0 + kTile);
-        const scalar_t* pb = p + b * L * C * n;
-        for (int64_t jk = 0; jk < J * K; ++jk) {
-          const int64_t j = jk / K, k = jk % K;
-          const scalar_t* mk = m + (b * K + k) * n;
-          scalar_t* ol = o + (b * J * K + jk) * C * n;
-          for (int64_t i = i0; i < i1; ++i) {
-            const auto [lev, f] = level_of(j == 0 ? mk[i] : scalar_t(1) - mk[i], L);
-            const scalar_t* lo = pb + lev * C * n + i;  // level lev, channel 0, pixel i
-            for (int64_t c = 0; c < C; ++c)
-              ol[c * n + i] = (scalar_t(1) - f) * lo[c * n] + f * lo[(C + c) * n];
-          }
-        }
+        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, len = std::min(n - i0, kTile);
+        for (int64_t k = 0; k < K; ++k)
+          mask_tile(m + (b * K + k) * n + i0, p + b * L * C * n + i0, o + (b * K + k) * C * n + i0,
+                    len, L, C, n);
       }
     });
   });
   return out;
 }
 
-// dL/dmasks, B x K x H x W, from dL/dout B x (J K) x C x H x W (read in place when its pixels
-// are evenly strided: the gradient of a sum() arrives expanded, stride 0); deletion images count
-// with a minus sign.
+// dL/dmasks, B x K x H x W, from dL/dout B x K x C x H x W. A gradient whose pixels are not
+// contiguous (that of a sum() arrives expanded, stride 0) is read in place, a tile at a time
+// copied into a contiguous buffer, never materialised whole.
 at::Tensor pyramid_mask_backward(const at::Tensor& grad, const at::Tensor& pyramid,
-                                 const at::Tensor& masks, bool both) {
+                                 const at::Tensor& masks) {
   check_pair(pyramid, masks);
   const at::Tensor P = pyramid.contiguous(), M = masks.contiguous();
   const int64_t B = P.size(0), L = P.size(1), C = P.size(2), K = M.size(1);
-  const int64_t H = M.size(2), W = M.size(3), n = H * W, J = both ? 2 : 1;
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({B, J * K, C, H, W}), "grad must be B x ", J,
-              "K x C x H x W, got ", grad.sizes());
+  const int64_t H = M.size(2), W = M.size(3), n = H * W;
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({B, K, C, H, W}), "grad must be B x K x C x H x W, got ",
+              grad.sizes());
   at::Tensor G = grad.to(P.scalar_type());
   if (G.stride(3) != W * G.stride(4)) G = G.contiguous();  // then pixel i is at i * stride(4)
   const auto st = G.strides();
+  const bool pixels_contiguous = st[4] == 1;
   const int64_t tiles = (n + kTile - 1) / kTile;
-  at::Tensor grad_m = at::zeros_like(M);
+  at::Tensor grad_m = at::empty_like(M);
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "pyramid_mask_backward", [&] {
     const scalar_t *p = P.data_ptr<scalar_t>(), *m = M.data_ptr<scalar_t>(), *g = G.data_ptr<scalar_t>();
     scalar_t* gm = grad_m.data_ptr<scalar_t>();
-    at::parallel_for(0, B * tiles, grain_for(J * K * C * kTile), [&](int64_t t0, int64_t t1) {
+    const scalar_t scale = static_cast<scalar_t>(L - 1);
+    at::parallel_for(0, B * tiles, grain_for(K * C * kTile), [&](int64_t t0, int64_t t1) {
+      std::vector<scalar_t> buffer(pixels_contiguous ? 0 : C * kTile);  // a tile of g, C x kTile
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, i1 = std::min(n, i0 + kTile);
-        const scalar_t* pb = p + b * L * C * n;
-        for (int64_t jk = 0; jk < J * K; ++jk) {
-          const int64_t j = jk / K, k = jk % K;
-          const scalar_t* mk = m + (b * K + k) * n;
-          const scalar_t* gl = g + b * st[0] + jk * st[1];
-          const double sign = j == 0 ? double(L - 1) : -double(L - 1);
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t lev = level_of(j == 0 ? mk[i] : scalar_t(1) - mk[i], L).first;
-            const scalar_t* lo = pb + lev * C * n + i;  // level lev, channel 0, pixel i
-            const scalar_t* gi = gl + i * st[4];
-            double acc = 0.0;
-            for (int64_t c = 0; c < C; ++c)
-              acc += static_cast<double>(gi[c * st[2]]) *
-                     (static_cast<double>(lo[(C + c) * n]) - static_cast<double>(lo[c * n]));
-            gm[(b * K + k) * n + i] += static_cast<scalar_t>(sign * acc);
+        const int64_t b = t / tiles, i0 = (t % tiles) * kTile, len = std::min(n - i0, kTile);
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t* gk = g + b * st[0] + k * st[1] + i0 * st[4];
+          int64_t gc = st[2];
+          if (!pixels_contiguous) {
+            for (int64_t c = 0; c < C; ++c) {
+              scalar_t* row = buffer.data() + c * kTile;
+              if (st[4] == 0) std::fill(row, row + len, gk[c * st[2]]);
+              else for (int64_t i = 0; i < len; ++i) row[i] = gk[c * st[2] + i * st[4]];
+            }
+            gk = buffer.data(), gc = kTile;
           }
+          mask_grad_tile(m + (b * K + k) * n + i0, p + b * L * C * n + i0, gk, gc,
+                         gm + (b * K + k) * n + i0, len, L, C, n, scale);
         }
       }
     });

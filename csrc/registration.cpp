@@ -12,8 +12,8 @@ TORCH_LIBRARY(sas_fast, m) {
   m.def("threshold_masks_backward(Tensor grad, Tensor masks, Tensor thresholds, float sharpness, "
         "bool implicit_grad) -> Tensor");
   m.def("blur_pyramid(Tensor images, int levels, float max_blur) -> Tensor");
-  m.def("pyramid_mask(Tensor pyramid, Tensor masks, bool both=False) -> Tensor");
-  m.def("pyramid_mask_backward(Tensor grad, Tensor pyramid, Tensor masks, bool both) -> Tensor");
+  m.def("pyramid_mask(Tensor pyramid, Tensor masks) -> Tensor");
+  m.def("pyramid_mask_backward(Tensor grad, Tensor pyramid, Tensor masks) -> Tensor");
   m.def("masked_images(Tensor schedule, Tensor thresholds, Tensor pyramid, float sharpness, "
         "bool insertion, bool deletion, bool implicit_grad, bool channels_last) -> Tensor");
   m.def("masked_images_backward(Tensor grad, Tensor schedule, Tensor thresholds, Tensor pyramid, "

@@ -27,6 +27,43 @@ namespace {
 
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
+// sig[i] = 1 / (1 + e[i] et), i < n.
+SAS_FAST_ALWAYS_INLINE void scaled_sigmoids_body(const double* __restrict e, double et, int64_t n,
+                                                 double* __restrict sig) {
+  for (int64_t i = 0; i < n; ++i) sig[i] = 1.0 / (1.0 + e[i] * et);
+}
+SAS_FAST_MULTIVERSION(scaled_sigmoids, scaled_sigmoids_body)
+
+constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
+
+// sums = (sum_i sig_i^2, sum_i sig_i^2 (1 - sig_i)), i < n, each over kLanes partial sums
+// (pixel i in lane i mod kLanes) added up in a fixed order: the same bits on every ISA.
+SAS_FAST_ALWAYS_INLINE void area_sums_body(const double* __restrict sig, int64_t n, double* sums) {
+  double q[kLanes] = {}, j[kLanes] = {};
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    for (int u = 0; u < kLanes; ++u) {
+      const double sq = sig[i + u] * sig[i + u];
+      q[u] += sq;
+      j[u] += sq * (1.0 - sig[i + u]);
+    }
+  }
+  for (int64_t i = full; i < n; ++i) {
+    q[i - full] += sig[i] * sig[i];
+    j[i - full] += sig[i] * sig[i] * (1.0 - sig[i]);
+  }
+  sums[0] = sums[1] = 0.0;
+  for (int u = 0; u < kLanes; ++u) sums[0] += q[u], sums[1] += j[u];
+}
+SAS_FAST_MULTIVERSION(area_sums, area_sums_body)
+
+// dst[i] = src[i] rounded to T, i < n.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void round_to_body(const double* __restrict src, int64_t n, T* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+SAS_FAST_MULTIVERSION(round_to, round_to_body)
+
 // sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image. When |s| (max x - min x) < 1200
 // it is 1 / (1 + e_i exp(s (t - c))) with e_i = exp(-s (x_i - c)), c the mid-range: e_i is
 // computed once per pixel and shared by every area and iteration, so each evaluation costs a
@@ -48,8 +85,7 @@ class Sigmoids {
     t_ = t;
     const double z = s_ * (t - c_);
     if (!e_.empty() && std::abs(z) < 700) {
-      const double et = std::exp(z);
-      for (int64_t i = 0; i < n_; ++i) sig_[i] = 1.0 / (1.0 + e_[i] * et);
+      scaled_sigmoids(e_.data(), std::exp(z), n_, sig_.data());
     } else {
       for (int64_t i = 0; i < n_; ++i) sig_[i] = sigmoid(s_ * (static_cast<double>(x_[i]) - t));
     }
@@ -63,27 +99,15 @@ class Sigmoids {
   std::vector<double> e_, sig_;
 };
 
-// (A(t), J(t)) = (mean sig^2, -2 s mean sig^2 (1 - sig)), accumulated in double (4 partial sums
-// each, so that the additions pipeline).
+// (A(t), J(t)) = (mean sig^2, -2 s mean sig^2 (1 - sig)), accumulated in double.
 template <typename T>
 std::pair<double, double> area_and_slope(Sigmoids<T>& sigmoids, double s, double t) {
   const std::vector<double>& sig = sigmoids.at(t);
   const int64_t n = static_cast<int64_t>(sig.size());
-  double q[4] = {0, 0, 0, 0}, j[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int u = 0; u < 4; ++u) {
-      const double sq = sig[i + u] * sig[i + u];
-      q[u] += sq;
-      j[u] += sq * (1.0 - sig[i + u]);
-    }
-  }
-  for (; i < n; ++i) {
-    q[0] += sig[i] * sig[i];
-    j[0] += sig[i] * sig[i] * (1.0 - sig[i]);
-  }
+  double sums[2];
+  area_sums(sig.data(), n, sums);
   const double nd = static_cast<double>(n);
-  return {(q[0] + q[1] + q[2] + q[3]) / nd, -2.0 * s * (j[0] + j[1] + j[2] + j[3]) / nd};
+  return {sums[0] / nd, -2.0 * s * sums[1] / nd};
 }
 
 // Root of r on one (b, k); lo / hi bracket it (r(lo) >= 0 >= r(hi)) and shrink with every
@@ -185,11 +209,45 @@ void forward_kernel(const T* x, const T* areas, const T* init, int64_t B, int64_
       const double lo = range[2 * b] - (logit + 1.0) / s, hi = range[2 * b + 1] - (logit - 1.0) / s;
       const double t = solve(*sig, s, ad, t0, lo, hi, tol, max_iter);
       thresholds[l] = static_cast<T>(t);
-      const std::vector<double>& v = sig->at(t);
-      for (int64_t i = 0; i < n; ++i) m[i] = static_cast<T>(v[i]);
+      round_to(sig->at(t).data(), n, m);
     }
   });
 }
+
+// sums = (sum_i g_i s m_i (1 - m_i), sum_i m_i^2 (1 - m_i)), i < n, over kLanes partial sums
+// added up in a fixed order (as area_sums).
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void implicit_sums_body(const T* __restrict m, const T* __restrict g, int64_t n,
+                                               double s, double* sums) {
+  double sg[kLanes] = {}, sw[kLanes] = {};
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    for (int u = 0; u < kLanes; ++u) {
+      const double mi = m[i + u], dm = mi * (1.0 - mi);
+      sg[u] += static_cast<double>(g[i + u]) * s * dm;
+      sw[u] += mi * dm;
+    }
+  }
+  for (int64_t i = full; i < n; ++i) {
+    const double mi = m[i], dm = mi * (1.0 - mi);
+    sg[i - full] += static_cast<double>(g[i]) * s * dm;
+    sw[i - full] += mi * dm;
+  }
+  sums[0] = sums[1] = 0.0;
+  for (int u = 0; u < kLanes; ++u) sums[0] += sg[u], sums[1] += sw[u];
+}
+SAS_FAST_MULTIVERSION(implicit_sums, implicit_sums_body)
+
+// acc[i] += g_i s m_i (1 - m_i) - coef m_i^2 (1 - m_i), i < n.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void accumulate_grad_body(const T* __restrict m, const T* __restrict g, int64_t n,
+                                                 double s, double coef, double* __restrict acc) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double mi = m[i], dm = mi * (1.0 - mi);
+    acc[i] += static_cast<double>(g[i]) * s * dm - coef * mi * dm;
+  }
+}
+SAS_FAST_MULTIVERSION(accumulate_grad, accumulate_grad_body)
 
 template <typename T>
 void backward_kernel(const T* grad, const T* masks, const T* thresholds, int64_t B, int64_t K,
@@ -199,13 +257,9 @@ void backward_kernel(const T* grad, const T* masks, const T* thresholds, int64_t
     at::parallel_for(0, B * K, grain_for(n), [&](int64_t l0, int64_t l1) {
       for (int64_t l = l0; l < l1; ++l) {
         if (!std::isfinite(static_cast<double>(thresholds[l]))) continue;
-        double sg = 0.0, sw = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-          const double m = masks[l * n + i], dm = m * (1.0 - m);
-          sg += static_cast<double>(grad[l * n + i]) * s * dm;
-          sw += m * dm;
-        }
-        coef[l] = sg / (sw + 1e-12);
+        double sums[2];
+        implicit_sums(masks + l * n, grad + l * n, n, s, sums);
+        coef[l] = sums[0] / (sums[1] + 1e-12);
       }
     });
   }
@@ -219,14 +273,9 @@ void backward_kernel(const T* grad, const T* masks, const T* thresholds, int64_t
       for (int64_t k = 0; k < K; ++k) {
         const int64_t l = b * K + k;
         if (!std::isfinite(static_cast<double>(thresholds[l]))) continue;
-        const T* m = masks + l * n + i0;
-        const T* g = grad + l * n + i0;
-        for (int64_t i = 0; i < len; ++i) {
-          const double mi = m[i], dm = mi * (1.0 - mi);
-          acc[i] += static_cast<double>(g[i]) * s * dm - coef[l] * mi * dm;
-        }
+        accumulate_grad(masks + l * n + i0, grad + l * n + i0, len, s, coef[l], acc.data());
       }
-      for (int64_t i = 0; i < len; ++i) grad_x[b * n + i0 + i] = static_cast<T>(acc[i]);
+      round_to(acc.data(), len, grad_x + b * n + i0);
     }
   });
 }

@@ -12,8 +12,7 @@ Operators (shapes as in :mod:`sas_fast.ops.reference`):
   ``B x 2 x H x W`` float64 holds each window's max and exp-sum for the backward.
 - ``threshold_masks(schedule, areas, sharpness, thresholds_init, implicit_grad, tol, max_iter)
   -> (masks, thresholds)``.
-- ``blur_pyramid(images, levels, max_blur)`` (no gradient), ``pyramid_mask(pyramid, masks, both)``
-  (``both``: insertion images, then deletion images, ``B x 2K x C x H x W``).
+- ``blur_pyramid(images, levels, max_blur)`` (no gradient), ``pyramid_mask(pyramid, masks)``.
 - ``masked_images(schedule, thresholds, pyramid, sharpness, insertion, deletion, implicit_grad,
   channels_last)``: the insertion and / or deletion images straight from the schedule, the masks
   recomputed in the backward (``csrc/masked_images.cpp``).
@@ -95,13 +94,6 @@ def pyramid_mask(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.ops.sas_fast.pyramid_mask(pyramid.to(dtype), masks.to(dtype))
 
 
-def pyramid_mask_both(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Insertion and deletion images in one pass: ``B x 2K x C x H x W``, equal to
-    ``torch.cat([pyramid_mask(pyramid, masks), pyramid_mask(pyramid, 1 - masks)], dim=1)``."""
-    dtype = torch.promote_types(pyramid.dtype, masks.dtype)
-    return torch.ops.sas_fast.pyramid_mask(pyramid.to(dtype), masks.to(dtype), True)
-
-
 def _register() -> None:
     """Fake kernels (output shapes only) and autograd formulas of the operators."""
     lib = "sas_fast::"
@@ -136,12 +128,12 @@ def _register() -> None:
         return images.new_empty(b, levels, c, h, w)
 
     @torch.library.register_fake(lib + "pyramid_mask")
-    def _(pyramid, masks, both=False):
+    def _(pyramid, masks):
         b, _, c, h, w = pyramid.shape
-        return pyramid.new_empty(b, (2 if both else 1) * masks.shape[1], c, h, w)
+        return pyramid.new_empty(b, masks.shape[1], c, h, w)
 
     @torch.library.register_fake(lib + "pyramid_mask_backward")
-    def _(grad, pyramid, masks, both):
+    def _(grad, pyramid, masks):
         return torch.empty_like(masks)
 
     @torch.library.register_fake(lib + "masked_images")
@@ -190,15 +182,13 @@ def _register() -> None:
     torch.library.register_autograd(lib + "threshold_masks", masks_backward, setup_context=masks_setup)
 
     def pm_setup(ctx, inputs, output):
-        pyramid, masks, ctx.both = inputs
-        ctx.save_for_backward(pyramid, masks)
+        ctx.save_for_backward(*inputs)
 
     def pm_backward(ctx, grad):
         if ctx.needs_input_grad[0]:
             raise NotImplementedError("the C++ pyramid_mask is differentiable w.r.t. masks only; "
                                       "build the pyramid without gradient (blur_pyramid)")
-        grad_masks = torch.ops.sas_fast.pyramid_mask_backward(grad, *ctx.saved_tensors, ctx.both)
-        return None, grad_masks, None
+        return None, torch.ops.sas_fast.pyramid_mask_backward(grad, *ctx.saved_tensors)
 
     torch.library.register_autograd(lib + "pyramid_mask", pm_backward, setup_context=pm_setup)
 
