@@ -22,10 +22,10 @@ from .dataset.cli import add_cli_arguments as add_dataset_commands
 from .ops import BACKENDS
 from .precision import resolve_precision
 
-#: ``explain --demo``: the default schedule for 80 iterations (2,880 model image-passes; timings in
-#: benchmarks/RESULTS.md).
+#: ``explain --demo``: the default schedule for 40 iterations (1,440 model image-passes), the most
+#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/demo_budget.py, RESULTS.md).
 DEMO_PRESET = "default"
-DEMO_ITERATIONS = 80
+DEMO_ITERATIONS = 40
 DEMO_PHOTO = "chelsea"
 
 

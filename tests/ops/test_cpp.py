@@ -1,8 +1,9 @@
 """What only the C++ CPU kernels (``csrc/``, ``backend="cpp"``) have: ``torch.library.opcheck``
 of every operator, a ``torch.compile`` smoke test, dispatch, the import without the extension,
-and ``pyramid_mask_both``. Their values and gradients against the reference, on every layout,
+and the same bits from every instruction set the kernels are compiled for. Their values and gradients against the reference, on every layout,
 are in the conformance suite ``test_backends.py``. Skipped only if the extension is not built.
 """
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,16 +25,6 @@ SAS = torch.ops.sas_fast if REASON is None else None
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want|."""
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-300)).item()
-
-
-# ---------------------------------------------------------------- pyramid_mask_both
-
-def test_gradcheck_pyramid_mask():
-    pyramid = R.blur_pyramid(torch.randn(2, 3, 6, 7, dtype=D), 8, 2.0)
-    # keep masks away from the level boundaries k / 7, where the interpolation has kinks
-    masks = ((torch.randint(0, 7, (2, 3, 6, 7)) + 0.2 + 0.6 * torch.rand(2, 3, 6, 7)) / 7).to(D)
-    masks.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda m: cpp.pyramid_mask(pyramid, m), (masks,))
 
 
 # ---------------------------------------------------------------- operators, compile, dispatch
@@ -127,3 +118,39 @@ def test_without_extension_imports_and_auto_warns_once():
         assert len(caught) == 1 and "reference" in str(caught[0].message), caught
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+ISA_HASH = textwrap.dedent("""
+    import hashlib, numpy as np, torch
+    from sas_fast.ops import cpp
+    digest = hashlib.sha256()
+    for dtype in (torch.float32, torch.float64):
+        rng = np.random.default_rng(0)   # not torch.randn, whose own values depend on the capability
+        normal = lambda *shape: torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+        premask = normal(2, 1, 27, 38).requires_grad_(True)
+        images = normal(2, 3, 23, 34)
+        areas = torch.linspace(0, 1, 7, dtype=dtype)
+        schedule = cpp.smooth_softmax_pool(premask, 5, 1.0)
+        masks, thresholds = cpp.threshold_masks(schedule, areas, 20.0, None, True, 1e-4, 50)
+        pyramid = cpp.blur_pyramid(images, 8, 3.0)
+        fused = cpp.masked_images(schedule, thresholds, pyramid, 20.0, ("insertion", "deletion"), True, False)
+        masked = cpp.pyramid_mask(pyramid, masks)
+        weights = normal(*masked.shape)
+        (grad,) = torch.autograd.grad((masked * weights).sum() + (fused * weights.repeat(1, 2, 1, 1, 1)).sum(), premask)
+        for t in (schedule, masks, thresholds, pyramid, fused, masked, grad):
+            digest.update(t.detach().contiguous().numpy().tobytes())
+    print(torch.backends.cpu.get_cpu_capability(), digest.hexdigest())
+""")
+
+
+def test_every_instruction_set_gives_the_same_bits():
+    """The kernels are compiled for x86-64 baseline, AVX2 and AVX-512 and pick the copy of
+    torch's CPU capability (``ATEN_CPU_CAPABILITY`` lowers it, read once per process): every
+    op's outputs and schedule gradient, float32 and float64, odd shapes, are bit-identical."""
+    runs = {}
+    for capability in ("default", "avx2", "avx512"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        run = subprocess.run([sys.executable, "-c", ISA_HASH], env=env, check=True, capture_output=True, text=True)
+        runs[capability] = run.stdout.split()
+    assert runs["default"][0] == "DEFAULT" and len({cap for cap, _ in runs.values()}) >= 2, runs
+    assert len({digest for _, digest in runs.values()}) == 1, runs
