@@ -83,6 +83,20 @@ def run(name, model, images, labels, batch, precision) -> dict:
     return out
 
 
+def add(results: dict, key: str, new: dict) -> None:
+    """Store ``new`` as ``results[key]``, or append its images to those already there (means of
+    ins / dele / seconds weighted by the image counts)."""
+    old = results.get(key)
+    if old is None:
+        results[key] = new
+        return
+    n, m = len(old["overall"]), len(new["overall"])
+    for field in ("ins", "dele", "seconds"):
+        if old[field] is not None:
+            old[field] = (n * old[field] + m * new[field]) / (n + m)
+    old["overall"] += new["overall"]
+
+
 def paired(a: list, b: list) -> str:
     d = np.asarray(a) - np.asarray(b)
     return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f} ({int((d > 0).sum())}/{d.size})"
@@ -139,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", choices=["resnet8", "vgg16"], default="resnet8")
     ap.add_argument("--split", choices=["calibration", "evaluation"], default="calibration")
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--more", type=int, default=0, metavar="M",
+                    help="add M evaluation images, stratified among those not yet in --out's file, to "
+                         "every method already there (then --methods is ignored)")
     ap.add_argument("--methods", default="default,sample3@1800")
     ap.add_argument("--reference", default=None, help="method the paired Δ is taken against "
                     "(default: 'default' if run, else cut@1800)")
@@ -165,29 +182,39 @@ def main(argv=None) -> int:
         labels_all = archive["labels"]
     indices = (calibration_indices(labels_all, args.n) if args.split == "calibration"
                else stratified_indices(labels_all, args.n, exclude_mod=(10, 1)))
-    images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
     path = args.out / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {"indices": indices.tolist(), "results": {}}
-    if data["indices"] != indices.tolist():
+    if args.more:
+        if args.split != "evaluation" or not data["results"]:
+            raise SystemExit("--more adds evaluation images to an existing evaluation run in --out")
+        more = stratified_indices(labels_all, args.more, exclude_mod=(10, 1), exclude=data["indices"])
+        names = [name for name in data["results"] if not name.startswith("cut@")]
+        indices = np.concatenate([data["indices"], more])
+    elif data["indices"] != indices.tolist():
         raise SystemExit(f"{path} holds other images; use another --out or the same --n")
-    data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(images)}, SaS model "
+    new = indices[len(data["indices"]):] if args.more else indices
+    images, labels = load_npz_dataset(args.dataset, args.shared / "data", new)
+    data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
                       f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
                       f"{torch.get_num_threads()} threads)")
     for name in names:
-        if name in data["results"]:
+        if name in data["results"] and not args.more:
             continue
         start = time.perf_counter()
         outputs = run(name, model, images, labels, args.batch, args.precision)
         seconds = (time.perf_counter() - start) / len(images)
         for key, (maps, passes) in outputs.items():
             res: GameResult = deletion_game(model, images, maps, labels)
-            data["results"][key] = {"passes": passes, "overall": res.per_image_overall.tolist(),
-                                    "ins": res.ins, "dele": res.dele,
-                                    "seconds": seconds if key == name else None}
+            add(data["results"], key, {"passes": passes, "overall": res.per_image_overall.tolist(),
+                                       "ins": res.ins, "dele": res.dele,
+                                       "seconds": seconds if key == name else None})
             print(f"{key:22s} passes {passes:5d}  Overall {res.overall:.3f} ± {res.overall_se:.3f}  "
                   f"({seconds:.1f} s/image)", flush=True)
-        path.write_text(json.dumps(data, indent=1))
+        if not args.more:       # resumable per method; --more writes once, when every method has its images
+            path.write_text(json.dumps(data, indent=1))
+    data["indices"] = indices.tolist()
+    path.write_text(json.dumps(data, indent=1))
     reference = args.reference or ("default" if "default" in data["results"] else "cut@1800")
     table = markdown(data, reference)
     path.with_suffix(".md").write_text(table)

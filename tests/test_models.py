@@ -47,6 +47,9 @@ def test_stratified_indices():
     assert np.bincount(labels[even], minlength=10).tolist() == [10] * 10
     with pytest.raises(ValueError):
         stratified_indices(labels, 1000)
+    more = stratified_indices(labels, 20, (2, 1), exclude=even[:50])    # drawing more images
+    assert not set(more) & set(even[:50]) and np.all(more % 2 == 0)
+    assert np.bincount(labels[more], minlength=10).tolist() == [2] * 10
 
 
 @needs_data

@@ -41,19 +41,21 @@ def load_npz_dataset(dataset: str, data_dir, indices=None, split: str = "test"):
     return normalise(images, dataset).contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
-def stratified_indices(labels, n: int, exclude_mod=None) -> np.ndarray:
+def stratified_indices(labels, n: int, exclude_mod=None, exclude=()) -> np.ndarray:
     """``n`` dataset indices stratified by class, deterministic, sorted.
 
     Each of the ``C`` classes gets ``n // C`` images, the first ``n % C`` classes one more;
     within a class they are evenly spaced over its images in index order.
     ``exclude_mod``: ``m`` or ``(m, r)`` drops indices ``i`` with ``i % m == r`` (``r = 0``
-    by default) before choosing, e.g. to keep calibration and evaluation images apart.
+    by default) before choosing, e.g. to keep calibration and evaluation images apart;
+    ``exclude``: indices dropped too (e.g. images already chosen, to draw more).
     """
     labels = np.asarray(labels)
     candidates = np.arange(labels.size)
     if exclude_mod is not None:
         m, r = (exclude_mod, 0) if np.isscalar(exclude_mod) else exclude_mod
         candidates = candidates[candidates % m != r]
+    candidates = np.setdiff1d(candidates, np.asarray(exclude, dtype=np.int64))
     classes = np.unique(labels)
     chosen = []
     for k, cls in enumerate(classes):
