@@ -290,14 +290,11 @@ class SaS:
 
         Example::
 
-            >>> import torch
-            >>> from torch import nn
-            >>> import sas_fast
-            >>> _ = torch.manual_seed(0)
-            >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-            ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
-            >>> images = torch.randn(2, 3, 16, 16)          # B x C x H x W
-            >>> sas = sas_fast.SaS(model, iterations=5, num_masks=4)
+            >>> import torch, sas_fast
+            >>> conv = torch.nn.Conv2d(3, 10, 3, padding=1)     # a 10-class toy classifier
+            >>> model = torch.nn.Sequential(conv, torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
+            >>> images = torch.rand(2, 3, 16, 16)               # B x C x H x W
+            >>> sas = sas_fast.SaS(model.eval(), iterations=5, num_masks=4)
             >>> attr, trace = sas.attribute(images, target=torch.tensor([3, 7]), return_trace=True)
             >>> attr.shape
             torch.Size([2, 1, 16, 16])
