@@ -9,7 +9,8 @@ A method is ``FAMILY@PASSES``: the family's SaS options (:data:`FAMILIES`) with 
 as fit in PASSES model image-passes per image (forward + input-gradient backward of one masked
 image = 1; ``SaSConfig.passes_per_iteration``). ``default`` is the 200-iteration default; its
 maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default cut short at
-432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost.
+432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost. ``Gradient``,
+``Guided BP``, ``IG`` and ``GradCAM`` run the gradient baselines on the same images (1 pass, IG 50).
 
 Calibration images are test indices = 1 mod 10 (``calibrate_sas.calibration_indices``),
 evaluation images the others (as ``reproduce_table2.py``). Every method runs on the same images;
@@ -35,6 +36,10 @@ from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate_sas import calibration_indices  # noqa: E402
+from reproduce_table2 import BASELINES  # noqa: E402
+
+#: model image-passes per image of the gradient baselines (IG: its 50 steps)
+BASELINE_PASSES = {"Gradient": 1, "Guided BP": 1, "IG": 50, "GradCAM": 1}
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -51,7 +56,10 @@ DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are
 
 
 def method_options(name: str) -> dict:
-    """SaS options of ``FAMILY@PASSES`` (or ``default``), with ``iterations`` filled in."""
+    """SaS options of ``FAMILY@PASSES`` (or ``default``), with ``iterations`` filled in; None for
+    a gradient baseline (``Gradient``, ``Guided BP``, ``IG``, ``GradCAM``)."""
+    if name in BASELINE_PASSES:
+        return None
     if name == "default":
         return {}
     family, _, passes = name.partition("@")
@@ -65,6 +73,10 @@ def method_options(name: str) -> dict:
 def run(name, model, images, labels, batch, precision) -> dict:
     """``{method: (maps N x H x W, passes per image)}``: the method, and for ``default`` its cuts."""
     options = method_options(name)
+    if options is None:
+        maps = [BASELINES[name](model, images[start:start + batch], labels[start:start + batch])
+                for start in range(0, len(images), batch)]
+        return {name: (torch.cat(maps), BASELINE_PASSES[name])}
     trace_iterations = DEFAULT_CUTS if name == "default" else ()
     maps, snaps, passes = [], [], None
     for start in range(0, len(images), batch):
@@ -152,7 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", choices=["mnist", "cifar10"], default="cifar10")
     ap.add_argument("--arch", choices=["resnet8", "vgg16"], default="resnet8")
     ap.add_argument("--split", choices=["calibration", "evaluation"], default="calibration")
-    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--n", type=int, default=None, help="images of a new run (default 16); a run "
+                    "already in --out keeps its images")
     ap.add_argument("--more", type=int, default=0, metavar="M",
                     help="add M evaluation images, stratified among those not yet in --out's file, to "
                          "every method already there (then --methods is ignored)")
@@ -180,19 +193,25 @@ def main(argv=None) -> int:
     model = load_paper_model(args.arch, args.dataset, args.shared / "models")
     with np.load(args.shared / "data" / args.dataset / "test.npz") as archive:
         labels_all = archive["labels"]
-    indices = (calibration_indices(labels_all, args.n) if args.split == "calibration"
-               else stratified_indices(labels_all, args.n, exclude_mod=(10, 1)))
     path = args.out / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
     args.out.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.exists() else {"indices": indices.tolist(), "results": {}}
+    if path.exists():
+        data = json.loads(path.read_text())
+        indices = np.asarray(data["indices"])
+    else:
+        n = args.n or 16
+        indices = (calibration_indices(labels_all, n) if args.split == "calibration"
+                   else stratified_indices(labels_all, n, exclude_mod=(10, 1)))
+        data = {"indices": indices.tolist(), "results": {}}
+    if args.n is not None and args.n != len(data["indices"]):
+        raise SystemExit(f"{path} holds {len(data['indices'])} images, not --n {args.n}; use another --out "
+                         "(or --more to add images)")
     if args.more:
         if args.split != "evaluation" or not data["results"]:
             raise SystemExit("--more adds evaluation images to an existing evaluation run in --out")
         more = stratified_indices(labels_all, args.more, exclude_mod=(10, 1), exclude=data["indices"])
         names = [name for name in data["results"] if not name.startswith("cut@")]
         indices = np.concatenate([data["indices"], more])
-    elif data["indices"] != indices.tolist():
-        raise SystemExit(f"{path} holds other images; use another --out or the same --n")
     new = indices[len(data["indices"]):] if args.more else indices
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", new)
     data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
