@@ -71,20 +71,6 @@ inline Isa active_isa() {
     }                                                                               \
   }
 
-// Eight doubles, one per lane of the fixed-order reductions (kLanes partial sums): GCC's vector
-// extension keeps each lane's operations and their order on every ISA (one AVX-512 register, two
-// AVX2 or four SSE2 ones), where a loop over an array of 8 partial sums can be vectorised across
-// iterations with shuffles.
-typedef double Lanes8 __attribute__((vector_size(8 * sizeof(double))));
-constexpr int kLanes = 8;
-
-// v = src[0..8) converted to double (an output argument: a Lanes8 returned by value would change
-// the ABI between the ISA copies, which -Wpsabi warns about).
-template <typename T>
-SAS_FAST_ALWAYS_INLINE void load_lanes(const T* src, Lanes8& v) {
-  for (int u = 0; u < kLanes; ++u) v[u] = static_cast<double>(src[u]);
-}
-
 // dst[i] = src[i] rounded to T, i < n.
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void round_to_body(const double* __restrict src, int64_t n, T* __restrict dst) {

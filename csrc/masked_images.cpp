@@ -28,6 +28,8 @@
 namespace sas_fast {
 namespace {
 
+constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
+
 // m[i] = 1 / (1 + e[i] et) rounded to T, and, with `deletion`, d[i] = 1 - m[i] (in T), i < len.
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void factored_masks_body(const double* __restrict e, double et, int64_t len,
@@ -49,21 +51,24 @@ template <typename T>
 SAS_FAST_ALWAYS_INLINE void mask_grad_sums_body(const T* __restrict m, const double* __restrict dm,
                                                 int64_t len, double scale, double s,
                                                 double* __restrict a, double* sums) {
-  Lanes8 sg = {}, sw = {};
-  const int64_t full = len - len % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes) {
-    Lanes8 md, di;
-    load_lanes(m + i, md), load_lanes(dm + i, di);
-    const Lanes8 gk = di * scale * s * md * (1.0 - md);
-    for (int u = 0; u < kLanes; ++u) a[i + u] += gk[u];
-    sg += gk;
-    sw += md * md * (1.0 - md);
-  }
-  for (int64_t i = full; i < len; ++i) {
-    const double md = m[i], gk = dm[i] * scale * s * md * (1.0 - md);
-    a[i] += gk;
-    sg[i - full] += gk;
-    sw[i - full] += md * md * (1.0 - md);
+  double sg[kLanes] = {}, sw[kLanes] = {};
+  for (int64_t i0 = 0; i0 < len; i0 += kLanes) {
+    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, len - i0));
+    if (lanes == kLanes) {
+      for (int u = 0; u < kLanes; ++u) {
+        const double md = m[i0 + u], gk = dm[i0 + u] * scale * s * md * (1.0 - md);
+        a[i0 + u] += gk;
+        sg[u] += gk;
+        sw[u] += md * md * (1.0 - md);
+      }
+    } else {
+      for (int u = 0; u < lanes; ++u) {
+        const double md = m[i0 + u], gk = dm[i0 + u] * scale * s * md * (1.0 - md);
+        a[i0 + u] += gk;
+        sg[u] += gk;
+        sw[u] += md * md * (1.0 - md);
+      }
+    }
   }
   sums[0] = sums[1] = 0.0;
   for (int u = 0; u < kLanes; ++u) sums[0] += sg[u], sums[1] += sw[u];

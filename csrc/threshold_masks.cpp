@@ -34,17 +34,19 @@ SAS_FAST_ALWAYS_INLINE void scaled_sigmoids_body(const double* __restrict e, dou
 }
 SAS_FAST_MULTIVERSION(scaled_sigmoids, scaled_sigmoids_body)
 
+constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
+
 // sums = (sum_i sig_i^2, sum_i sig_i^2 (1 - sig_i)), i < n, each over kLanes partial sums
 // (pixel i in lane i mod kLanes) added up in a fixed order: the same bits on every ISA.
 SAS_FAST_ALWAYS_INLINE void area_sums_body(const double* __restrict sig, int64_t n, double* sums) {
-  Lanes8 q = {}, j = {};
+  double q[kLanes] = {}, j[kLanes] = {};
   const int64_t full = n - n % kLanes;
   for (int64_t i = 0; i < full; i += kLanes) {
-    Lanes8 v;
-    load_lanes(sig + i, v);
-    const Lanes8 sq = v * v;
-    q += sq;
-    j += sq * (1.0 - v);
+    for (int u = 0; u < kLanes; ++u) {
+      const double sq = sig[i + u] * sig[i + u];
+      q[u] += sq;
+      j[u] += sq * (1.0 - sig[i + u]);
+    }
   }
   for (int64_t i = full; i < n; ++i) {
     q[i - full] += sig[i] * sig[i];
@@ -210,14 +212,14 @@ void forward_kernel(const T* x, const T* areas, const T* init, int64_t B, int64_
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void implicit_sums_body(const T* __restrict m, const T* __restrict g, int64_t n,
                                                double s, double* sums) {
-  Lanes8 sg = {}, sw = {};
+  double sg[kLanes] = {}, sw[kLanes] = {};
   const int64_t full = n - n % kLanes;
   for (int64_t i = 0; i < full; i += kLanes) {
-    Lanes8 mi, gi;
-    load_lanes(m + i, mi), load_lanes(g + i, gi);
-    const Lanes8 dm = mi * (1.0 - mi);
-    sg += gi * s * dm;
-    sw += mi * dm;
+    for (int u = 0; u < kLanes; ++u) {
+      const double mi = m[i + u], dm = mi * (1.0 - mi);
+      sg[u] += static_cast<double>(g[i + u]) * s * dm;
+      sw[u] += mi * dm;
+    }
   }
   for (int64_t i = full; i < n; ++i) {
     const double mi = m[i], dm = mi * (1.0 - mi);
