@@ -9,7 +9,8 @@ carries in ``extra_info`` (``--benchmark-json``):
 
 - ``cpu_capability`` and ``threads``;
 - ``gb_per_s`` (the ops that move whole ``B x K x H x W`` tensors: ``threshold_masks``,
-  ``pyramid_mask``, ``mask_pipeline``; ``smooth_softmax_pool`` is bound by its ``exp``):
+  ``pyramid_mask``, ``mask_pipeline``, ``step_pipeline``; ``smooth_softmax_pool`` is bound by
+  its ``exp``):
   ``bytes_counted`` / minimum time, where ``bytes_counted`` is the size of every tensor the op's
   forward and backward read or write at their interface, each once per pass (inputs, outputs,
   incoming and outgoing gradients; the expanded gradient of a ``sum()`` is a single element and
