@@ -9,7 +9,8 @@ carries in ``extra_info`` (``--benchmark-json``):
 
 - ``cpu_capability`` and ``threads``;
 - ``gb_per_s`` (the ops that move whole ``B x K x H x W`` tensors: ``threshold_masks``,
-  ``pyramid_mask``, ``mask_pipeline``; ``smooth_softmax_pool`` is bound by its ``exp``):
+  ``pyramid_mask``, ``mask_pipeline``, ``step_pipeline``; ``smooth_softmax_pool`` is bound by
+  its ``exp``):
   ``bytes_counted`` / minimum time, where ``bytes_counted`` is the size of every tensor the op's
   forward and backward read or write at their interface, each once per pass (inputs, outputs,
   incoming and outgoing gradients; the expanded gradient of a ``sum()`` is a single element and
@@ -123,6 +124,17 @@ def _inputs(b: int, size: int, window: int, k: int = 20):
     return premask, images, areas
 
 
+def _previous_thresholds(premask: torch.Tensor, window: int, areas: torch.Tensor) -> torch.Tensor:
+    """The thresholds ``B x K`` (reference solve) of the pre-mask before one Adam-sized step to
+    ``premask`` (+-0.05 per pixel, signs of a smooth field): a warm start as in a SaS run."""
+    b, _, hp, wp = premask.shape
+    r = window // 2
+    noise = torch.randn(b, 1, hp + 2 * r, wp + 2 * r, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = premask - 0.05 * reference.gaussian_smooth(noise.to(DEVICE), window).sign()
+        return reference.solve_thresholds(reference.smooth_softmax_pool(before, window), areas, 20.0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES)
 def test_smooth_softmax_pool(benchmark, case, backend):
@@ -146,13 +158,7 @@ def test_threshold_masks(benchmark, case, backend, start):
     fn = _fn("threshold_masks", backend)
     premask, _, areas = _inputs(*case)
     schedule = reference.smooth_softmax_pool(premask, case[2]).detach().requires_grad_(True)
-    init = None
-    if start == "warm":
-        b, _, hp, wp = premask.shape
-        r = case[2] // 2
-        noise = torch.randn(b, 1, hp + 2 * r, wp + 2 * r, generator=torch.Generator().manual_seed(1))
-        before = premask - 0.05 * reference.gaussian_smooth(noise.to(DEVICE), case[2]).sign()
-        init = reference.solve_thresholds(reference.smooth_softmax_pool(before, case[2]), areas, 20.0)
+    init = _previous_thresholds(premask, case[2], areas) if start == "warm" else None
     weights = torch.randn(schedule.shape[0], areas.numel(), *schedule.shape[-2:], device=DEVICE)
 
     def run():
@@ -206,3 +212,31 @@ def test_mask_pipeline(benchmark, case, backend):
     _record(benchmark, run, 2 * _nbytes(premask, schedule)
             + _nbytes(schedule, masks, masks, masks, schedule)
             + 2 * _nbytes(pyramid, masks, images_out, pyramid, masks, masks))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_step_pipeline(benchmark, case, backend):
+    """The ops one SaS iteration runs (``sas_step``), forward + backward, the model replaced by a
+    fixed random upstream gradient of the images' shape: schedule, thresholds warm-started from
+    those of the pre-mask one Adam-sized step before, insertion + deletion images (mode "both")."""
+    fns = {op: _fn(op, backend) for op in ("smooth_softmax_pool", "solve_thresholds", "masked_images")}
+    premask, images, areas = _inputs(*case)
+    premask.requires_grad_(True)
+    pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
+    warm = _previous_thresholds(premask, case[2], areas)
+    b, k, c, (h, w) = premask.shape[0], areas.numel(), images.shape[1], images.shape[-2:]
+    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    mode = ("insertion", "deletion") if backend == "compiled" else "both"  # reference's / dispatcher's
+
+    def run():
+        schedule = fns["smooth_softmax_pool"](premask, case[2], 1.0)
+        thresholds = fns["solve_thresholds"](schedule.detach(), areas, 20.0, warm, tol=1e-4, max_iter=50)
+        fns["masked_images"](schedule, thresholds, pyramid, 20.0, mode).backward(upstream)
+        _sync()
+
+    # pre-mask and schedule (smooth_softmax_pool, both passes); schedule in, thresholds out (solve);
+    # schedule, thresholds and pyramid in, images out; images' gradient in, schedule's out
+    schedule = images.new_empty(b, 1, h, w)
+    _record(benchmark, run, 2 * _nbytes(premask, schedule) + _nbytes(schedule, warm, warm)
+            + _nbytes(schedule, warm, pyramid, upstream, upstream, schedule))

@@ -71,6 +71,13 @@ inline Isa active_isa() {
     }                                                                               \
   }
 
+// dst[i] = src[i] rounded to T, i < n.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void round_to_body(const double* __restrict src, int64_t n, T* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+SAS_FAST_MULTIVERSION(round_to, round_to_body)
+
 // at::parallel_for grain (in items) for items of about `work` simple operations each, so that a
 // thread gets at least ~2^18 of them: small problems (a 32 x 32 image) stay on one thread, where
 // a parallel region costs more than it saves (much more on an oversubscribed machine).

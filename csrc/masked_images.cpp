@@ -13,30 +13,78 @@
 //   Pass 1 (per image and pixel tile) reads the gradient once and writes sum_k G_ki and each
 //   tile's partial sums of G and w per mask; pass 2 adds them up in a fixed order (deterministic)
 //   and subtracts the implicit term, whose w_ki needs only the schedule.
-// The masks are computed in double and rounded to the schedule's dtype, as threshold_masks stores them.
+// The masks are computed in double and rounded to the schedule's dtype, as threshold_masks stores
+// them: with c the mid-range of the image's schedule and |s| (max x - min x) < 1200 (as there),
+// m_ki = 1 / (1 + e_i exp(s (t_k - c))), e_i = exp(-s (x_i - c)) computed once per pixel and tile,
+// so each mask costs a division (vectorised), not an exp; otherwise sigmoid(s (x_i - t_k)) directly.
+// Sums over pixels run over kLanes partial sums added in a fixed order: the same bits on every ISA.
 #include <torch/library.h>
 
+#include <optional>
+
 #include "common.h"
+#include "pyramid_tiles.h"
 
 namespace sas_fast {
 namespace {
 
-constexpr int64_t kTile = 1024;  // pixels per work item: the pyramid's tile stays in cache over k
+constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
 
-// Mask value of pixel x for threshold t, rounded to T.
+// m[i] = 1 / (1 + e[i] et) rounded to T, and, with `deletion`, d[i] = 1 - m[i] (in T), i < len.
 template <typename T>
-inline T mask_value(T x, T t, double s) {
-  if (!std::isfinite(static_cast<double>(t))) return t < T(0) ? T(1) : T(0);
-  return static_cast<T>(1.0 / (1.0 + std::exp(-s * (static_cast<double>(x) - static_cast<double>(t)))));
+SAS_FAST_ALWAYS_INLINE void factored_masks_body(const double* __restrict e, double et, int64_t len,
+                                                T* __restrict m) {
+  for (int64_t i = 0; i < len; ++i) m[i] = static_cast<T>(1.0 / (1.0 + e[i] * et));
 }
+SAS_FAST_MULTIVERSION(factored_masks, factored_masks_body)
 
-// Lower level lev = min(floor(v (L - 1)), L - 2) (and >= 0) and weight f = v (L - 1) - lev.
+// v[i] = 1 - m[i] in T, i < len.
 template <typename T>
-inline std::pair<int64_t, T> level_of(T v, int64_t L) {
-  const T w = v * static_cast<T>(L - 1);
-  const int64_t lev = static_cast<int64_t>(std::min(static_cast<T>(L - 2), std::max(T(0), w)));
-  return {lev, w - static_cast<T>(lev)};
+SAS_FAST_ALWAYS_INLINE void complement_body(const T* __restrict m, int64_t len, T* __restrict v) {
+  for (int64_t i = 0; i < len; ++i) v[i] = T(1) - m[i];
 }
+SAS_FAST_MULTIVERSION(complement, complement_body)
+
+// Per pixel of a tile: gk = dm s' m (1 - m) (s' = (L - 1) s) added to a; sums = (sum gk, sum
+// m^2 (1 - m)) over kLanes partial sums.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void mask_grad_sums_body(const T* __restrict m, const double* __restrict dm,
+                                                int64_t len, double scale, double s,
+                                                double* __restrict a, double* sums) {
+  double sg[kLanes] = {}, sw[kLanes] = {};
+  for (int64_t i0 = 0; i0 < len; i0 += kLanes) {
+    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, len - i0));
+    if (lanes == kLanes) {
+      for (int u = 0; u < kLanes; ++u) {
+        const double md = m[i0 + u], gk = dm[i0 + u] * scale * s * md * (1.0 - md);
+        a[i0 + u] += gk;
+        sg[u] += gk;
+        sw[u] += md * md * (1.0 - md);
+      }
+    } else {
+      for (int u = 0; u < lanes; ++u) {
+        const double md = m[i0 + u], gk = dm[i0 + u] * scale * s * md * (1.0 - md);
+        a[i0 + u] += gk;
+        sg[u] += gk;
+        sw[u] += md * md * (1.0 - md);
+      }
+    }
+  }
+  sums[0] = sums[1] = 0.0;
+  for (int u = 0; u < kLanes; ++u) sums[0] += sg[u], sums[1] += sw[u];
+}
+SAS_FAST_MULTIVERSION(mask_grad_sums, mask_grad_sums_body)
+
+// v[i] -= coef m_i^2 (1 - m_i), i < len.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void subtract_implicit_body(const T* __restrict m, int64_t len, double coef,
+                                                   double* __restrict v) {
+  for (int64_t i = 0; i < len; ++i) {
+    const double md = m[i];
+    v[i] -= coef * md * md * (1.0 - md);
+  }
+}
+SAS_FAST_MULTIVERSION(subtract_implicit, subtract_implicit_body)
 
 struct Shape {
   int64_t B, K, L, C, n;
@@ -52,8 +100,53 @@ Shape check(const at::Tensor& schedule, const at::Tensor& thresholds, const at::
   TORCH_CHECK(thresholds.dim() == 2 && thresholds.size(0) == B, "thresholds must be B x K");
   TORCH_CHECK(schedule.scalar_type() == pyramid.scalar_type() &&
                   thresholds.scalar_type() == pyramid.scalar_type(), "inputs must have one dtype");
+  TORCH_CHECK(pyramid.size(1) * pyramid.size(2) * H * W < (int64_t{1} << 31),
+              "pyramid: L x C x H x W must stay below 2^31 elements per image, got ", pyramid.sizes());
   return {B, thresholds.size(1), pyramid.size(1), pyramid.size(2), H * W};
 }
+
+// The masks of the tiles of one image: at(t, m) writes m_i = sigmoid(s (x_i - t)) rounded to T for
+// the tile's pixels (see the file header).
+template <typename T>
+class TileMasks {
+ public:
+  // x: the image's schedule (n pixels); factored when |s| (max x - min x) < 1200.
+  TileMasks(const T* x, int64_t n, double s) : x_(x), s_(s) {
+    const auto [mn, mx] = std::minmax_element(x, x + n);
+    const double lo = static_cast<double>(*mn), hi = static_cast<double>(*mx);
+    c_ = 0.5 * (lo + hi);
+    factored_ = std::abs(s) * (hi - lo) < 1200;
+  }
+
+  // Moves to the tile [i0, i0 + len).
+  void tile(int64_t i0, int64_t len) {
+    i0_ = i0, len_ = len;
+    if (factored_)
+      for (int64_t i = 0; i < len; ++i) e_[i] = std::exp(-s_ * (static_cast<double>(x_[i0 + i]) - c_));
+  }
+
+  void at(T t, T* m) const {
+    const double td = static_cast<double>(t);
+    if (!std::isfinite(td)) {
+      std::fill(m, m + len_, t < T(0) ? T(1) : T(0));
+      return;
+    }
+    const double z = s_ * (td - c_);
+    if (factored_ && std::abs(z) < 700) {
+      factored_masks(e_, std::exp(z), len_, m);
+    } else {
+      for (int64_t i = 0; i < len_; ++i)
+        m[i] = static_cast<T>(1.0 / (1.0 + std::exp(-s_ * (static_cast<double>(x_[i0_ + i]) - td))));
+    }
+  }
+
+ private:
+  const T* x_;
+  double s_, c_ = 0.0;
+  bool factored_ = false;
+  int64_t i0_ = 0, len_ = 0;
+  double e_[kTile];
+};
 
 at::Tensor masked_images(const at::Tensor& schedule, const at::Tensor& thresholds,
                          const at::Tensor& pyramid, double sharpness, bool insertion, bool deletion,
@@ -63,29 +156,33 @@ at::Tensor masked_images(const at::Tensor& schedule, const at::Tensor& threshold
   const at::Tensor x = schedule.contiguous(), t = thresholds.contiguous(), P = pyramid.contiguous();
   const int64_t J = int64_t(insertion) + int64_t(deletion), tiles = (d.n + kTile - 1) / kTile;
   const int64_t H = P.size(3), W = P.size(4);
-  // element (b, jk, c, i) at ((b J K + jk) C) n + c sc + i si
-  const int64_t sc = channels_last ? 1 : d.n, si = channels_last ? d.C : 1;
   at::Tensor out = at::empty({d.B * J * d.K, d.C, H, W}, P.options().memory_format(
       channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "masked_images", [&] {
     const scalar_t *px = x.data_ptr<scalar_t>(), *pt = t.data_ptr<scalar_t>(), *pp = P.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, d.B * tiles, grain_for(J * d.K * d.C * kTile), [&](int64_t t0, int64_t t1) {
+      std::vector<scalar_t> m(kTile), v(kTile), buffer(channels_last ? d.C * kTile : 0);
+      std::optional<TileMasks<scalar_t>> masks;
+      int64_t b_masks = -1;  // the image whose TileMasks are built
       for (int64_t tile = t0; tile < t1; ++tile) {
-        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, i1 = std::min(d.n, i0 + kTile);
-        const scalar_t* pb = pp + b * d.L * d.C * d.n;
+        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, len = std::min(d.n - i0, kTile);
+        if (b != b_masks) masks.emplace(px + b * d.n, d.n, sharpness), b_masks = b;
+        masks->tile(i0, len);
+        const scalar_t* pb = pp + b * d.L * d.C * d.n + i0;
         for (int64_t k = 0; k < d.K; ++k) {
-          const scalar_t tk = pt[b * d.K + k];
-          for (int64_t i = i0; i < i1; ++i) {
-            const scalar_t m = mask_value(px[b * d.n + i], tk, sharpness);
-            for (int64_t j = 0; j < J; ++j) {
-              const bool del = !insertion || j == 1;
-              const auto [lev, f] = level_of(del ? scalar_t(1) - m : m, d.L);
-              const scalar_t* lo = pb + lev * d.C * d.n + i;  // level lev, channel 0, pixel i
-              scalar_t* oi = o + ((b * J + j) * d.K + k) * d.C * d.n + i * si;
-              for (int64_t c = 0; c < d.C; ++c)
-                oi[c * sc] = (scalar_t(1) - f) * lo[c * d.n] + f * lo[(d.C + c) * d.n];
+          masks->at(pt[b * d.K + k], m.data());
+          for (int64_t j = 0; j < J; ++j) {
+            const bool del = !insertion || j == 1;
+            if (del) complement(m.data(), len, v.data());
+            scalar_t* oi = o + ((b * J + j) * d.K + k) * d.C * d.n;
+            if (!channels_last) {
+              mask_tile(del ? v.data() : m.data(), pb, oi + i0, d.n, len, d.L, d.C, d.n);
+              continue;
             }
+            mask_tile(del ? v.data() : m.data(), pb, buffer.data(), kTile, len, d.L, d.C, d.n);
+            for (int64_t i = 0; i < len; ++i)
+              for (int64_t c = 0; c < d.C; ++c) oi[(i0 + i) * d.C + c] = buffer[c * kTile + i];
           }
         }
       }
@@ -106,6 +203,7 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
   at::Tensor G = grad.to(P.scalar_type());
   if (G.stride(3) != W * G.stride(4)) G = G.contiguous();  // then pixel i is at i * stride(4)
   const auto st = G.strides();
+  const bool pixels_contiguous = st[4] == 1;
   std::vector<double> acc(d.B * d.n), partial(2 * d.B * tiles * d.K, 0.0);  // sum_k G; (sum G, sum w)
   at::Tensor grad_x = at::empty({d.B, 1, H, W}, P.options());
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "masked_images_backward", [&] {
@@ -113,62 +211,67 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
     const scalar_t* g = G.data_ptr<scalar_t>();
     const double s = sharpness, scale = double(d.L - 1);
     at::parallel_for(0, d.B * tiles, grain_for(J * d.K * d.C * kTile), [&](int64_t t0, int64_t t1) {
+      std::vector<scalar_t> m(kTile), v(kTile), buffer(pixels_contiguous ? 0 : d.C * kTile);
+      std::vector<double> dm(kTile);
+      std::optional<TileMasks<scalar_t>> masks;
+      int64_t b_masks = -1;
       for (int64_t tile = t0; tile < t1; ++tile) {
-        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, i1 = std::min(d.n, i0 + kTile);
-        const scalar_t* pb = pp + b * d.L * d.C * d.n;
-        double* a = acc.data() + b * d.n;
-        std::fill(a + i0, a + i1, 0.0);
+        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, len = std::min(d.n - i0, kTile);
+        if (b != b_masks) masks.emplace(px + b * d.n, d.n, sharpness), b_masks = b;
+        masks->tile(i0, len);
+        const scalar_t* pb = pp + b * d.L * d.C * d.n + i0;
+        double* a = acc.data() + b * d.n + i0;
+        std::fill(a, a + len, 0.0);
         for (int64_t k = 0; k < d.K; ++k) {
           const scalar_t tk = pt[b * d.K + k];
           if (!std::isfinite(static_cast<double>(tk))) continue;  // m exactly 0 or 1: G = w = 0
-          double sum_g = 0.0, sum_w = 0.0;
-          for (int64_t i = i0; i < i1; ++i) {
-            const scalar_t m = mask_value(px[b * d.n + i], tk, s);
-            double dm = 0.0;
-            for (int64_t j = 0; j < J; ++j) {
-              const bool del = !insertion || j == 1;
-              const int64_t lev = level_of(del ? scalar_t(1) - m : m, d.L).first;
-              const scalar_t* lo = pb + lev * d.C * d.n + i;
-              const scalar_t* gi = g + b * st[0] + (j * d.K + k) * st[1] + i * st[4];
-              double dot = 0.0;
-              for (int64_t c = 0; c < d.C; ++c)
-                dot += static_cast<double>(gi[c * st[2]]) *
-                       (static_cast<double>(lo[(d.C + c) * d.n]) - static_cast<double>(lo[c * d.n]));
-              dm += del ? -dot : dot;
+          masks->at(tk, m.data());
+          std::fill(dm.begin(), dm.begin() + len, 0.0);
+          for (int64_t j = 0; j < J; ++j) {
+            const bool del = !insertion || j == 1;
+            if (del) complement(m.data(), len, v.data());
+            const scalar_t* gk = g + b * st[0] + (j * d.K + k) * st[1] + i0 * st[4];
+            int64_t gc = st[2];
+            if (!pixels_contiguous) {  // a tile of the gradient copied: C x kTile
+              for (int64_t c = 0; c < d.C; ++c) {
+                scalar_t* row = buffer.data() + c * kTile;
+                if (st[4] == 0) std::fill(row, row + len, gk[c * st[2]]);
+                else for (int64_t i = 0; i < len; ++i) row[i] = gk[c * st[2] + i * st[4]];
+              }
+              gk = buffer.data(), gc = kTile;
             }
-            const double md = m, gk = dm * scale * s * md * (1.0 - md);
-            a[i] += gk;
-            sum_g += gk;
-            sum_w += md * md * (1.0 - md);
+            mask_dot_tile(del ? v.data() : m.data(), pb, gk, gc, del, dm.data(), len, d.L, d.C, d.n);
           }
           double* part = partial.data() + 2 * ((b * tiles + tile % tiles) * d.K + k);
-          part[0] = sum_g, part[1] = sum_w;
+          mask_grad_sums(m.data(), dm.data(), len, scale, s, a, part);
         }
       }
     });
     scalar_t* dx = grad_x.data_ptr<scalar_t>();
     at::parallel_for(0, d.B * tiles, grain_for(d.K * kTile), [&](int64_t t0, int64_t t1) {
-      std::vector<double> coef(d.K);
+      std::vector<double> v(kTile);
+      std::vector<scalar_t> m(kTile);
+      std::optional<TileMasks<scalar_t>> masks;
+      int64_t b_masks = -1;
       for (int64_t tile = t0; tile < t1; ++tile) {
-        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, i1 = std::min(d.n, i0 + kTile);
-        for (int64_t k = 0; k < d.K && implicit_grad; ++k) {
-          double sum_g = 0.0, sum_w = 0.0;
-          for (int64_t u = 0; u < tiles; ++u) {
-            const double* part = partial.data() + 2 * ((b * tiles + u) * d.K + k);
-            sum_g += part[0], sum_w += part[1];
-          }
-          coef[k] = sum_g / (sum_w + 1e-12);
-        }
-        for (int64_t i = i0; i < i1; ++i) {
-          double v = acc[b * d.n + i];
-          for (int64_t k = 0; k < d.K && implicit_grad; ++k) {
+        const int64_t b = tile / tiles, i0 = (tile % tiles) * kTile, len = std::min(d.n - i0, kTile);
+        std::copy(acc.data() + b * d.n + i0, acc.data() + b * d.n + i0 + len, v.data());
+        if (implicit_grad) {
+          if (b != b_masks) masks.emplace(px + b * d.n, d.n, sharpness), b_masks = b;
+          masks->tile(i0, len);
+          for (int64_t k = 0; k < d.K; ++k) {
             const scalar_t tk = pt[b * d.K + k];
             if (!std::isfinite(static_cast<double>(tk))) continue;
-            const double m = mask_value(px[b * d.n + i], tk, s);
-            v -= coef[k] * m * m * (1.0 - m);
+            double sum_g = 0.0, sum_w = 0.0;
+            for (int64_t u = 0; u < tiles; ++u) {
+              const double* part = partial.data() + 2 * ((b * tiles + u) * d.K + k);
+              sum_g += part[0], sum_w += part[1];
+            }
+            masks->at(tk, m.data());
+            subtract_implicit(m.data(), len, sum_g / (sum_w + 1e-12), v.data());
           }
-          dx[b * d.n + i] = static_cast<scalar_t>(v);
         }
+        round_to(v.data(), len, dx + b * d.n + i0);
       }
     });
   });

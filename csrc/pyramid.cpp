@@ -5,72 +5,15 @@
 // pyramid_mask: (P, masks B x K x H x W) -> B x K x C x H x W,
 //   w = m (L - 1), k = min(floor(w), L - 2) (and >= 0), f = w - k, out = (1 - f) P[k] + f P[k + 1];
 //   backward: dL/dm = (L - 1) sum_c dL/dout_c (P[k + 1]_c - P[k]_c).
-// Both kernels work on tiles of kTile pixels of one image, looping over the K masks within a tile
-// so that the tile of the pyramid (L x C x kTile values) stays in cache. Per tile and mask, a
-// first loop turns the masks into offsets of the lower level (lev C n + i) and weights f, then
-// one loop per channel interpolates (forward) or accumulates the gradient (backward): contiguous
-// loops the compiler vectorises, the two level reads as gathers.
+// Both kernels loop over the K masks within a tile of kTile pixels of one image, so that the
+// tile of the pyramid (L x C x kTile values) stays in cache (the tile loops: pyramid_tiles.h).
 #include <torch/library.h>
 
 #include "common.h"
+#include "pyramid_tiles.h"
 
 namespace sas_fast {
 namespace {
-
-constexpr int64_t kTile = 1024;
-
-// Offset offset[i] = lev C n + i of the lower level of mask value m[i] (the pixel's value in level
-// lev, channel 0) and weight f[i] = w - lev, w = m[i] (L - 1), lev = min(floor(w), L - 2) (and
-// >= 0; clamping before truncating gives the same lev as flooring first, and NaN gives 0).
-template <typename T>
-SAS_FAST_ALWAYS_INLINE void levels_of(const T* __restrict m, int64_t len, int64_t L, int64_t level_stride,
-                                      int32_t* __restrict offset, T* __restrict f) {
-  const T top = static_cast<T>(L - 2), scale = static_cast<T>(L - 1);
-  const int32_t stride = static_cast<int32_t>(level_stride);
-  for (int64_t i = 0; i < len; ++i) {
-    const T w = m[i] * scale;
-    const int32_t lev = static_cast<int32_t>(std::min(top, std::max(T(0), w)));
-    offset[i] = lev * stride + static_cast<int32_t>(i);
-    f[i] = w - static_cast<T>(lev);
-  }
-}
-
-// out[c n + i] = (1 - f) P[lev]_c,i + f P[lev + 1]_c,i for the len pixels of a tile of one mask;
-// p: the image's pyramid at the tile's first pixel, m / o: the mask / output at that pixel.
-template <typename T>
-SAS_FAST_ALWAYS_INLINE void mask_tile_body(const T* __restrict m, const T* __restrict p, T* __restrict o,
-                                           int64_t len, int64_t L, int64_t C, int64_t n) {
-  int32_t offset[kTile];
-  T f[kTile];
-  levels_of(m, len, L, C * n, offset, f);
-  for (int64_t c = 0; c < C; ++c) {
-    const T* __restrict lo = p + c * n;
-    const T* __restrict hi = lo + C * n;
-    T* __restrict oc = o + c * n;
-    for (int64_t i = 0; i < len; ++i) oc[i] = (T(1) - f[i]) * lo[offset[i]] + f[i] * hi[offset[i]];
-  }
-}
-SAS_FAST_MULTIVERSION(mask_tile, mask_tile_body)
-
-// gm[i] = scale sum_c g[c gc + i] (P[lev + 1]_c,i - P[lev]_c,i) for the len pixels of a tile of
-// one mask (g: the output gradient at the tile's first pixel, channel stride gc, pixels contiguous).
-template <typename T>
-SAS_FAST_ALWAYS_INLINE void mask_grad_tile_body(const T* __restrict m, const T* __restrict p,
-                                                const T* __restrict g, int64_t gc, T* __restrict gm,
-                                                int64_t len, int64_t L, int64_t C, int64_t n, T scale) {
-  int32_t offset[kTile];
-  T f[kTile], acc[kTile];
-  levels_of(m, len, L, C * n, offset, f);
-  for (int64_t i = 0; i < len; ++i) acc[i] = T(0);
-  for (int64_t c = 0; c < C; ++c) {
-    const T* __restrict lo = p + c * n;
-    const T* __restrict hi = lo + C * n;
-    const T* __restrict gch = g + c * gc;
-    for (int64_t i = 0; i < len; ++i) acc[i] += gch[i] * (hi[offset[i]] - lo[offset[i]]);
-  }
-  for (int64_t i = 0; i < len; ++i) gm[i] = scale * acc[i];
-}
-SAS_FAST_MULTIVERSION(mask_grad_tile, mask_grad_tile_body)
 
 at::Tensor blur_pyramid(const at::Tensor& images, int64_t levels, double max_blur) {
   TORCH_CHECK(images.device().is_cpu(), "images must be a CPU tensor");
@@ -120,7 +63,7 @@ at::Tensor pyramid_mask(const at::Tensor& pyramid, const at::Tensor& masks) {
         const int64_t b = t / tiles, i0 = (t % tiles) * kTile, len = std::min(n - i0, kTile);
         for (int64_t k = 0; k < K; ++k)
           mask_tile(m + (b * K + k) * n + i0, p + b * L * C * n + i0, o + (b * K + k) * C * n + i0,
-                    len, L, C, n);
+                    n, len, L, C, n);
       }
     });
   });

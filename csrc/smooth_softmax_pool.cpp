@@ -9,8 +9,11 @@
 //   C_j = sum_i (g_i / E_i) exp(mu_j - M_i),  D_j = sum_i (g_i out_i / E_i) exp(mu_j - M_i).
 // Every exponent is <= 0, so nothing overflows for any range of x. Both window reductions are
 // associative merges of small records, done separably (rows, then columns) with the van Herk /
-// Gil-Werman scheme: 3 merges (3 exp) per pixel and pass, whatever the window.
+// Gil-Werman scheme: 3 merges (3 exp) per pixel and pass, whatever the window, on 8 lines at once
+// (one per vector lane; the merges' exp in plain arithmetic, exp_nonpositive).
 #include <torch/library.h>
+
+#include <cstring>
 
 #include "common.h"
 
@@ -27,47 +30,109 @@ struct Back {
   double mu, c, d;
 };
 
-// Merges rescale the record further from the reference by exp(<= 0).
-inline Soft merge(const Soft& a, const Soft& b) {
-  const Soft& hi = a.m >= b.m ? a : b;
-  const Soft& lo = a.m >= b.m ? b : a;
-  const double s = std::exp(lo.m - hi.m);
-  return {hi.m, hi.e + lo.e * s, hi.t + lo.t * s};
-}
-
 constexpr Back kBackEmpty{INFINITY, 0.0, 0.0};
 
-inline Back merge(const Back& a, const Back& b) {
-  const Back& lo = a.mu <= b.mu ? a : b;
-  const Back& hi = a.mu <= b.mu ? b : a;
-  if (std::isinf(hi.mu)) return lo;
-  const double s = std::exp(lo.mu - hi.mu);
-  return {lo.mu, lo.c + hi.c * s, lo.d + hi.d * s};
+// exp(x) for x <= 0 (NaN stays NaN) in plain arithmetic, so that the lane loops below vectorise
+// with the same bits on every ISA: x = n ln2 + r, n = round(x / ln2), |r| <= ln2 / 2 (ln2 in two
+// parts, n ln2_hi exact), exp(r) by its Taylor polynomial to degree 13 (remainder < 5e-18), 2^n
+// from the exponent bits. x < -708 (2^n would be subnormal; exp(x) < 4e-308) gives 0.
+SAS_FAST_ALWAYS_INLINE double exp_nonpositive(double x) {
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kInvLn2 = 1.44269504088896338700e+00;
+  const double xc = x < -708.0 ? -708.0 : x;
+  const double k = xc * kInvLn2 + kShift, n = k - kShift;
+  const double r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // 1 / 13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t bits;
+  std::memcpy(&bits, &k, sizeof bits);  // 2^51 + n in the low bits: n + 1023 into the exponent
+  bits = static_cast<int64_t>(static_cast<uint64_t>(bits + 1023) << 52);
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -708.0 ? 0.0 : p * scale;
 }
 
-// res[i] = v[i] + ... + v[i + w - 1] (merge), i in [0, n - w], with 3 merges per element:
-// per-block prefixes and suffixes (blocks of w), one suffix + one prefix per window.
+// kLines records, one per lane (line): the folds run over kLines lines at once.
+constexpr int kLines = 8;
+
+struct SoftLanes {
+  double m[kLines], e[kLines], t[kLines];
+};
+
+struct BackLanes {
+  double mu[kLines], c[kLines], d[kLines];
+};
+
+// Merges rescale the record further from the reference by exp(<= 0).
+SAS_FAST_ALWAYS_INLINE void merge(const SoftLanes& a, const SoftLanes& b, SoftLanes& out) {
+  for (int u = 0; u < kLines; ++u) {
+    const bool a_hi = a.m[u] >= b.m[u];
+    const double hm = a_hi ? a.m[u] : b.m[u], lm = a_hi ? b.m[u] : a.m[u];
+    const double he = a_hi ? a.e[u] : b.e[u], le = a_hi ? b.e[u] : a.e[u];
+    const double ht = a_hi ? a.t[u] : b.t[u], lt = a_hi ? b.t[u] : a.t[u];
+    const double s = exp_nonpositive(lm - hm);
+    out.m[u] = hm, out.e[u] = he + le * s, out.t[u] = ht + lt * s;
+  }
+}
+
+// An empty record (mu = inf) merged in leaves the other unchanged.
+SAS_FAST_ALWAYS_INLINE void merge(const BackLanes& a, const BackLanes& b, BackLanes& out) {
+  for (int u = 0; u < kLines; ++u) {
+    const bool a_lo = a.mu[u] <= b.mu[u];
+    const double lm = a_lo ? a.mu[u] : b.mu[u], hm = a_lo ? b.mu[u] : a.mu[u];
+    const double lc = a_lo ? a.c[u] : b.c[u], hc = a_lo ? b.c[u] : a.c[u];
+    const double ld = a_lo ? a.d[u] : b.d[u], hd = a_lo ? b.d[u] : a.d[u];
+    const double s = hm == INFINITY ? 0.0 : exp_nonpositive(lm - hm);
+    out.mu[u] = lm, out.c[u] = lc + hc * s, out.d[u] = ld + hd * s;
+  }
+}
+
+// res[i] = v[i] + ... + v[i + w - 1] (merge), i in [0, n - w], for kLines lines at once, with 3
+// merges per element: per-block prefixes and suffixes (blocks of w), one suffix + one prefix per window.
 template <typename R>
-void window_fold(const std::vector<R>& v, int64_t w, std::vector<R>& pre, std::vector<R>& suf,
-                 std::vector<R>& res) {
-  const int64_t n = static_cast<int64_t>(v.size());
-  for (int64_t j = 0; j < n; ++j) pre[j] = j % w == 0 ? v[j] : merge(pre[j - 1], v[j]);
-  for (int64_t j = n - 1; j >= 0; --j)
-    suf[j] = (j == n - 1 || (j + 1) % w == 0) ? v[j] : merge(v[j], suf[j + 1]);
-  for (int64_t i = 0; i + w <= n; ++i)
-    res[i] = i % w == 0 ? pre[i + w - 1] : merge(suf[i], pre[i + w - 1]);
+SAS_FAST_ALWAYS_INLINE void window_fold_body(const R* __restrict v, int64_t n, int64_t w, R* __restrict pre,
+                                             R* __restrict suf, R* __restrict res) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (j % w == 0) pre[j] = v[j];
+    else merge(pre[j - 1], v[j], pre[j]);
+  }
+  for (int64_t j = n - 1; j >= 0; --j) {
+    if (j == n - 1 || (j + 1) % w == 0) suf[j] = v[j];
+    else merge(v[j], suf[j + 1], suf[j]);
+  }
+  for (int64_t i = 0; i + w <= n; ++i) {
+    if (i % w == 0) res[i] = pre[i + w - 1];
+    else merge(suf[i], pre[i + w - 1], res[i]);
+  }
 }
+SAS_FAST_MULTIVERSION(window_fold, window_fold_body)
 
-// Window folds over `lines` independent lines of length n, in parallel: load(line, v) fills the
-// input, store(line, res) consumes the n - w + 1 window records.
+// Window folds over `lines` independent lines of length n, kLines at a time, in parallel:
+// load(l0, count, v) fills the lanes u < count of the input with lines l0 + u (the other lanes are
+// copies of lane 0), store(l0, count, res) consumes the n - w + 1 window records of those lanes.
 template <typename R, typename Load, typename Store>
 void fold_lines(int64_t lines, int64_t n, int64_t w, Load load, Store store) {
-  at::parallel_for(0, lines, grain_for(16 * n), [&](int64_t l0, int64_t l1) {
+  const int64_t groups = (lines + kLines - 1) / kLines;
+  at::parallel_for(0, groups, grain_for(16 * kLines * n), [&](int64_t g0, int64_t g1) {
     std::vector<R> v(n), pre(n), suf(n), res(n - w + 1);
-    for (int64_t l = l0; l < l1; ++l) {
-      load(l, v);
-      window_fold(v, w, pre, suf, res);
-      store(l, res);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t l0 = g * kLines, count = std::min<int64_t>(kLines, lines - l0);
+      load(l0, count, v);
+      window_fold(v.data(), n, w, pre.data(), suf.data(), res.data());
+      store(l0, count, res);
     }
   });
 }
@@ -83,31 +148,40 @@ void forward_kernel(const T* pm, int64_t B, int64_t H, int64_t W, int64_t ws, do
   const int64_t r = ws / 2, Hp = H + 2 * r, Wp = W + 2 * r;
   separable_correlate(pm, Hp * Wp, x, H * W, B, Hp, Wp, H, W, gaussian_taps((ws - 1) / 4.0, r), 0);
   std::vector<Soft> rows(B * Hp * W);  // row-window records, B x Hp x W
-  fold_lines<Soft>(
+  fold_lines<SoftLanes>(
       B * Hp, Wp, ws,
-      [&](int64_t l, std::vector<Soft>& v) {
-        const T* xr = x + (l / Hp) * H * W + reflect(l % Hp - r, H) * W;
-        for (int64_t j = 0; j < Wp; ++j) {
-          const double xv = xr[reflect(j - r, W)];
-          v[j] = {beta * xv, 1.0, xv};
+      [&](int64_t l0, int64_t count, std::vector<SoftLanes>& v) {
+        for (int u = 0; u < kLines; ++u) {
+          const int64_t l = l0 + (u < count ? u : 0);
+          const T* xr = x + (l / Hp) * H * W + reflect(l % Hp - r, H) * W;
+          for (int64_t j = 0; j < Wp; ++j) {
+            const double xv = xr[reflect(j - r, W)];
+            v[j].m[u] = beta * xv, v[j].e[u] = 1.0, v[j].t[u] = xv;
+          }
         }
       },
-      [&](int64_t l, const std::vector<Soft>& res) {
-        std::copy(res.begin(), res.end(), rows.begin() + l * W);
+      [&](int64_t l0, int64_t count, const std::vector<SoftLanes>& res) {
+        for (int u = 0; u < count; ++u)
+          for (int64_t i = 0; i < W; ++i) rows[(l0 + u) * W + i] = {res[i].m[u], res[i].e[u], res[i].t[u]};
       });
-  fold_lines<Soft>(
+  fold_lines<SoftLanes>(
       B * W, Hp, ws,
-      [&](int64_t l, std::vector<Soft>& v) {
-        const Soft* col = rows.data() + (l / W) * Hp * W + l % W;
-        for (int64_t p = 0; p < Hp; ++p) v[p] = col[p * W];
+      [&](int64_t l0, int64_t count, std::vector<SoftLanes>& v) {
+        for (int u = 0; u < kLines; ++u) {
+          const int64_t l = l0 + (u < count ? u : 0);
+          const Soft* col = rows.data() + (l / W) * Hp * W + l % W;
+          for (int64_t p = 0; p < Hp; ++p) v[p].m[u] = col[p * W].m, v[p].e[u] = col[p * W].e, v[p].t[u] = col[p * W].t;
+        }
       },
-      [&](int64_t l, const std::vector<Soft>& res) {
-        const int64_t b = l / W, i = l % W;
-        for (int64_t y = 0; y < H; ++y) {
-          const int64_t k = b * H * W + y * W + i;
-          out[k] = static_cast<T>(res[y].t / res[y].e);
-          stats[(2 * b) * H * W + y * W + i] = res[y].m;
-          stats[(2 * b + 1) * H * W + y * W + i] = res[y].e;
+      [&](int64_t l0, int64_t count, const std::vector<SoftLanes>& res) {
+        for (int u = 0; u < count; ++u) {
+          const int64_t b = (l0 + u) / W, i = (l0 + u) % W;
+          for (int64_t y = 0; y < H; ++y) {
+            const int64_t k = b * H * W + y * W + i;
+            out[k] = static_cast<T>(res[y].t[u] / res[y].e[u]);
+            stats[(2 * b) * H * W + y * W + i] = res[y].m[u];
+            stats[(2 * b + 1) * H * W + y * W + i] = res[y].e[u];
+          }
         }
       });
 }
@@ -117,36 +191,46 @@ void backward_kernel(const T* grad, const T* x, const T* out, const double* stat
                      int64_t H, int64_t W, int64_t ws, double beta, T* grad_pm) {
   const int64_t r = ws / 2, Hp = H + 2 * r, Wp = W + 2 * r, n = H * W;
   std::vector<Back> rows(B * H * Wp);  // transposed row-window records, B x H x Wp
-  fold_lines<Back>(
+  fold_lines<BackLanes>(
       B * H, Wp + 2 * r, ws,
-      [&](int64_t l, std::vector<Back>& v) {
-        const int64_t b = l / H, o = b * n + (l % H) * W;
-        const double* m = stats + 2 * b * n + (l % H) * W;  // row of M; E is n further
-        const double* e = m + n;
-        std::fill(v.begin(), v.end(), kBackEmpty);
-        for (int64_t i = 0; i < W; ++i) {
-          const double c = static_cast<double>(grad[o + i]) / e[i];
-          v[i + 2 * r] = {m[i], c, c * static_cast<double>(out[o + i])};
+      [&](int64_t l0, int64_t count, std::vector<BackLanes>& v) {
+        for (int u = 0; u < kLines; ++u) {
+          const int64_t l = l0 + (u < count ? u : 0), b = l / H, o = b * n + (l % H) * W;
+          const double* m = stats + 2 * b * n + (l % H) * W;  // row of M; E is n further
+          const double* e = m + n;
+          for (int64_t j = 0; j < Wp + 2 * r; ++j)
+            v[j].mu[u] = kBackEmpty.mu, v[j].c[u] = kBackEmpty.c, v[j].d[u] = kBackEmpty.d;
+          for (int64_t i = 0; i < W; ++i) {
+            const double c = static_cast<double>(grad[o + i]) / e[i];
+            v[i + 2 * r].mu[u] = m[i], v[i + 2 * r].c[u] = c, v[i + 2 * r].d[u] = c * static_cast<double>(out[o + i]);
+          }
         }
       },
-      [&](int64_t l, const std::vector<Back>& res) {
-        std::copy(res.begin(), res.end(), rows.begin() + l * Wp);
+      [&](int64_t l0, int64_t count, const std::vector<BackLanes>& res) {
+        for (int u = 0; u < count; ++u)
+          for (int64_t j = 0; j < Wp; ++j) rows[(l0 + u) * Wp + j] = {res[j].mu[u], res[j].c[u], res[j].d[u]};
       });
   std::vector<double> gx(B * n, 0.0);  // gradient w.r.t. the smoothed x, B x H x W
   std::vector<double> gxp(B * Hp * Wp);  // ... w.r.t. its reflection-padded copy
-  fold_lines<Back>(
+  fold_lines<BackLanes>(
       B * Wp, Hp + 2 * r, ws,
-      [&](int64_t l, std::vector<Back>& v) {
-        const Back* col = rows.data() + (l / Wp) * H * Wp + l % Wp;
-        std::fill(v.begin(), v.end(), kBackEmpty);
-        for (int64_t y = 0; y < H; ++y) v[y + 2 * r] = col[y * Wp];
+      [&](int64_t l0, int64_t count, std::vector<BackLanes>& v) {
+        for (int u = 0; u < kLines; ++u) {
+          const int64_t l = l0 + (u < count ? u : 0);
+          const Back* col = rows.data() + (l / Wp) * H * Wp + l % Wp;
+          for (int64_t p = 0; p < Hp + 2 * r; ++p)
+            v[p].mu[u] = kBackEmpty.mu, v[p].c[u] = kBackEmpty.c, v[p].d[u] = kBackEmpty.d;
+          for (int64_t y = 0; y < H; ++y)
+            v[y + 2 * r].mu[u] = col[y * Wp].mu, v[y + 2 * r].c[u] = col[y * Wp].c, v[y + 2 * r].d[u] = col[y * Wp].d;
+        }
       },
-      [&](int64_t l, const std::vector<Back>& res) {
-        const int64_t b = l / Wp, j = l % Wp, xj = reflect(j - r, W);
-        for (int64_t p = 0; p < Hp; ++p) {
-          const double bx = beta * static_cast<double>(x[b * n + reflect(p - r, H) * W + xj]);
-          const Back& q = res[p];
-          gxp[(b * Hp + p) * Wp + j] = std::exp(bx - q.mu) * (q.c * (1.0 + bx) - beta * q.d);
+      [&](int64_t l0, int64_t count, const std::vector<BackLanes>& res) {
+        for (int u = 0; u < count; ++u) {
+          const int64_t b = (l0 + u) / Wp, j = (l0 + u) % Wp, xj = reflect(j - r, W);
+          for (int64_t p = 0; p < Hp; ++p) {
+            const double bx = beta * static_cast<double>(x[b * n + reflect(p - r, H) * W + xj]);
+            gxp[(b * Hp + p) * Wp + j] = std::exp(bx - res[p].mu[u]) * (res[p].c[u] * (1.0 + bx) - beta * res[p].d[u]);
+          }
         }
       });
   at::parallel_for(0, B, grain_for(Hp * Wp), [&](int64_t b0, int64_t b1) {

@@ -57,13 +57,6 @@ SAS_FAST_ALWAYS_INLINE void area_sums_body(const double* __restrict sig, int64_t
 }
 SAS_FAST_MULTIVERSION(area_sums, area_sums_body)
 
-// dst[i] = src[i] rounded to T, i < n.
-template <typename T>
-SAS_FAST_ALWAYS_INLINE void round_to_body(const double* __restrict src, int64_t n, T* __restrict dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
-}
-SAS_FAST_MULTIVERSION(round_to, round_to_body)
-
 // sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image. When |s| (max x - min x) < 1200
 // it is 1 / (1 + e_i exp(s (t - c))) with e_i = exp(-s (x_i - c)), c the mid-range: e_i is
 // computed once per pixel and shared by every area and iteration, so each evaluation costs a

@@ -154,3 +154,29 @@ def test_every_instruction_set_gives_the_same_bits():
         runs[capability] = run.stdout.split()
     assert runs["default"][0] == "DEFAULT" and len({cap for cap, _ in runs.values()}) >= 2, runs
     assert len({digest for _, digest in runs.values()}) == 1, runs
+
+
+# ---------------------------------------------------------------- kernel paths the small shapes miss
+
+@pytest.mark.parametrize("scale", [1.0, 100.0], ids=["factored", "direct"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed-grad"])
+def test_masked_images_over_several_tiles_matches_reference(scale, transposed):
+    """``masked_images`` works on tiles of 1024 pixels: a 37 x 41 image (two tiles, the second
+    partial) gives the reference's images and implicit gradient in float64, with the masks
+    factored (``|s| (max x - min x) < 1200``) or evaluated directly (a 100x wider schedule), and
+    an upstream gradient whose pixels are contiguous or not (read through a tile buffer)."""
+    g = torch.Generator().manual_seed(3)
+    schedule = scale * R.smooth_softmax_pool(torch.randn(2, 1, 41, 45, dtype=D, generator=g), 5)
+    pyramid = R.blur_pyramid(torch.randn(2, 3, 37, 41, dtype=D, generator=g), 6, 2.0)
+    thresholds = R.solve_thresholds(schedule, torch.tensor([0.0, 0.2, 0.55, 0.9], dtype=D), 20.0)
+    upstream = torch.randn(2, 8, 3, 41, 37, dtype=D, generator=g)
+    upstream = upstream.transpose(-1, -2) if transposed else upstream.transpose(-1, -2).contiguous()
+    grads = {}
+    for backend in ("cpp", "reference"):
+        x = schedule.clone().requires_grad_(True)
+        images = ops.masked_images(x, thresholds, pyramid, 20.0, "both", backend=backend)
+        images.backward(upstream)
+        grads[backend] = images.detach(), x.grad
+    assert grads["reference"][1].abs().max() > 0
+    for got, want in zip(grads["cpp"], grads["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
