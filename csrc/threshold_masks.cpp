@@ -18,7 +18,10 @@
 //   detached: dL/dx_i = sum_k G_ki.
 #include <torch/library.h>
 
+#include <cstdint>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 
 #include "common.h"
 
@@ -172,38 +175,50 @@ double solve(Sigmoids<T>& sig, double a, double t, double lo, double hi, double 
   return t_best;
 }
 
-// Reorders v so that v[i] holds its sorted value for every i in the sorted index list
-// [first, last) (recursive nth_element on the middle index: O(n log K) for K indices).
+// x[0..n) sorted ascending: LSD radix sort, one byte per pass, on the bits of each value mapped
+// to an unsigned key of the same order (sign bit set: all bits flipped; else the sign bit set).
+// O(n) per image (a comparison sort or a selection of the 2K ranks costs several times more).
 template <typename T>
-void select(std::vector<T>& v, int64_t lo, int64_t hi, const int64_t* first, const int64_t* last) {
-  if (first == last) return;
-  const int64_t* mid = first + (last - first) / 2;
-  std::nth_element(v.begin() + lo, v.begin() + *mid, v.begin() + hi);
-  select(v, lo, *mid, first, mid);
-  select(v, *mid + 1, hi, mid + 1, last);
+std::vector<T> sorted_copy(const T* x, int64_t n) {
+  using Key = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr int kBytes = sizeof(Key);
+  constexpr Key kSign = Key(1) << (8 * kBytes - 1);
+  if (n == 0) return {};
+  std::vector<Key> key(n), other(n);
+  std::vector<int64_t> count(kBytes * 256, 0);  // histogram of byte d of the keys at [256 d]
+  for (int64_t i = 0; i < n; ++i) {
+    Key u;
+    std::memcpy(&u, x + i, sizeof u);
+    key[i] = (u & kSign) ? ~u : (u | kSign);
+    for (int d = 0; d < kBytes; ++d) ++count[256 * d + ((key[i] >> (8 * d)) & 255)];
+  }
+  for (int d = 0; d < kBytes; ++d) {
+    int64_t* c = count.data() + 256 * d;
+    if (c[(key[0] >> (8 * d)) & 255] == n) continue;  // every key has this byte: nothing moves
+    int64_t start = 0;
+    for (int v = 0; v < 256; ++v) std::swap(c[v], start), start += c[v];
+    for (int64_t i = 0; i < n; ++i) other[c[(key[i] >> (8 * d)) & 255]++] = key[i];
+    key.swap(other);
+  }
+  std::vector<T> v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const Key u = (key[i] & kSign) ? (key[i] ^ kSign) : ~key[i];
+    std::memcpy(v.data() + i, &u, sizeof u);
+  }
+  return v;
 }
 
 // The q-quantiles of x for q = 1 - a_k, linear interpolation computed in T as torch.quantile
 // does: rank q (n - 1), values at floor(rank) and ceil(rank), lerp. NaN where a_k is not in (0, 1).
 template <typename T>
 std::vector<double> quantiles(const T* x, int64_t n, const T* areas, int64_t K) {
-  std::vector<T> rank(K);
-  std::vector<int64_t> idx;
-  for (int64_t k = 0; k < K; ++k) {
-    rank[k] = (T(1) - areas[k]) * static_cast<T>(n - 1);
-    if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
-    idx.push_back(static_cast<int64_t>(rank[k]));
-    idx.push_back(static_cast<int64_t>(std::ceil(rank[k])));
-  }
-  std::sort(idx.begin(), idx.end());
-  idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
-  std::vector<T> v(x, x + n);
-  select(v, 0, n, idx.data(), idx.data() + idx.size());
+  const std::vector<T> v = sorted_copy(x, n);
   std::vector<double> q(K, NAN);
   for (int64_t k = 0; k < K; ++k) {
     if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
-    const int64_t lo = static_cast<int64_t>(rank[k]), hi = static_cast<int64_t>(std::ceil(rank[k]));
-    const T w = rank[k] - static_cast<T>(lo), a = v[lo], b = v[hi];
+    const T rank = (T(1) - areas[k]) * static_cast<T>(n - 1);
+    const int64_t lo = static_cast<int64_t>(rank), hi = static_cast<int64_t>(std::ceil(rank));
+    const T w = rank - static_cast<T>(lo), a = v[lo], b = v[hi];
     q[k] = w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
   }
   return q;
