@@ -34,8 +34,8 @@ constexpr int kLanes = 8;  // partial sums of the reductions: pixel i in lane i 
 
 // Four lanes of doubles (GCC vector extension, element-wise IEEE operations: the same bits as the
 // scalar code on every ISA). The kLanes lanes are held as two of them, lanes 0-3 and 4-7: 32-byte
-// vectors stay in registers in the AVX2 copy too (64-byte ones did not), and an AVX-512 copy
-// issues the same count of instructions per pixel (the divisions dominate either way).
+// vectors stay in registers in the AVX2 copy too (64-byte ones did not; the baseline copy splits
+// them in SSE2 halves), and the AVX-512 copy loses little by them (the divisions dominate).
 typedef double Quad __attribute__((vector_size(32)));
 typedef double QuadUnaligned __attribute__((vector_size(32), aligned(8)));  // at any double*
 // Loads and stores go through QuadUnaligned into local Quads (a reference to the memory would
