@@ -18,7 +18,10 @@
 //   detached: dL/dx_i = sum_k G_ki.
 #include <torch/library.h>
 
+#include <cstdint>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 
 #include "common.h"
 
@@ -27,35 +30,75 @@ namespace {
 
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
-// sig[i] = 1 / (1 + e[i] et), i < n.
-SAS_FAST_ALWAYS_INLINE void scaled_sigmoids_body(const double* __restrict e, double et, int64_t n,
-                                                 double* __restrict sig) {
-  for (int64_t i = 0; i < n; ++i) sig[i] = 1.0 / (1.0 + e[i] * et);
+constexpr int kLanes = 8;  // partial sums of the reductions: pixel i in lane i mod kLanes
+
+// Four lanes of doubles (GCC vector extension, element-wise IEEE operations: the same bits as the
+// scalar code on every ISA). The kLanes lanes are held as two of them, lanes 0-3 and 4-7: 32-byte
+// vectors stay in registers in the AVX2 copy too (64-byte ones did not; the baseline copy splits
+// them in SSE2 halves), and the AVX-512 copy loses little by them (the divisions dominate).
+typedef double Quad __attribute__((vector_size(32)));
+typedef double QuadUnaligned __attribute__((vector_size(32), aligned(8)));  // at any double*
+// Loads and stores go through QuadUnaligned into local Quads (a reference to the memory would
+// assume 32-byte alignment); Quads are passed by reference and never returned (no by-value
+// vector ABI in the baseline copy).
+
+// Adds pixel values sig (one Quad, lanes l..l+3) into the partial sums q += sig^2 and
+// j += sig^2 (1 - sig).
+SAS_FAST_ALWAYS_INLINE void add_area_terms(const Quad& sig, Quad& q, Quad& j) {
+  const Quad sq = sig * sig;
+  q += sq;
+  j += sq * (1.0 - sig);
 }
-SAS_FAST_MULTIVERSION(scaled_sigmoids, scaled_sigmoids_body)
 
-constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
-
-// sums = (sum_i sig_i^2, sum_i sig_i^2 (1 - sig_i)), i < n, each over kLanes partial sums
-// (pixel i in lane i mod kLanes) added up in a fixed order: the same bits on every ISA.
-SAS_FAST_ALWAYS_INLINE void area_sums_body(const double* __restrict sig, int64_t n, double* sums) {
-  double q[kLanes] = {}, j[kLanes] = {};
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes) {
-    for (int u = 0; u < kLanes; ++u) {
-      const double sq = sig[i + u] * sig[i + u];
-      q[u] += sq;
-      j[u] += sq * (1.0 - sig[i + u]);
-    }
-  }
-  for (int64_t i = full; i < n; ++i) {
-    q[i - full] += sig[i] * sig[i];
-    j[i - full] += sig[i] * sig[i] * (1.0 - sig[i]);
+// sums = (sum_i sig_i^2, sum_i sig_i^2 (1 - sig_i)) from the lane partial sums (q0, q1), (j0, j1)
+// and the tail pixels sig[0..rest) (lanes 0..rest-1), lanes added up in order 0..kLanes-1.
+SAS_FAST_ALWAYS_INLINE void finish_area_sums(const Quad& q0, const Quad& q1, const Quad& j0,
+                                             const Quad& j1, const double* tail, int64_t rest,
+                                             double* sums) {
+  double q[kLanes], j[kLanes];
+  for (int u = 0; u < 4; ++u) q[u] = q0[u], q[u + 4] = q1[u], j[u] = j0[u], j[u + 4] = j1[u];
+  for (int64_t u = 0; u < rest; ++u) {
+    const double sq = tail[u] * tail[u];
+    q[u] += sq;
+    j[u] += sq * (1.0 - tail[u]);
   }
   sums[0] = sums[1] = 0.0;
   for (int u = 0; u < kLanes; ++u) sums[0] += q[u], sums[1] += j[u];
 }
+
+// sums = (sum_i sig_i^2, sum_i sig_i^2 (1 - sig_i)), i < n, each over kLanes partial sums
+// (pixel i in lane i mod kLanes) added up in a fixed order: the same bits on every ISA.
+SAS_FAST_ALWAYS_INLINE void area_sums_body(const double* __restrict sig, int64_t n, double* sums) {
+  Quad q0 = {}, q1 = {}, j0 = {}, j1 = {};
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    const Quad s0 = *reinterpret_cast<const QuadUnaligned*>(sig + i);
+    const Quad s1 = *reinterpret_cast<const QuadUnaligned*>(sig + i + 4);
+    add_area_terms(s0, q0, j0);
+    add_area_terms(s1, q1, j1);
+  }
+  finish_area_sums(q0, q1, j0, j1, sig + full, n - full, sums);
+}
 SAS_FAST_MULTIVERSION(area_sums, area_sums_body)
+
+// sig[i] = 1 / (1 + e[i] et), i < n, and their area_sums in the same pass (the same bits as
+// area_sums on the stored sig).
+SAS_FAST_ALWAYS_INLINE void scaled_sigmoid_sums_body(const double* __restrict e, double et, int64_t n,
+                                                     double* __restrict sig, double* sums) {
+  Quad q0 = {}, q1 = {}, j0 = {}, j1 = {};
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full; i += kLanes) {
+    const Quad s0 = 1.0 / (1.0 + *reinterpret_cast<const QuadUnaligned*>(e + i) * et);
+    const Quad s1 = 1.0 / (1.0 + *reinterpret_cast<const QuadUnaligned*>(e + i + 4) * et);
+    *reinterpret_cast<QuadUnaligned*>(sig + i) = s0;
+    *reinterpret_cast<QuadUnaligned*>(sig + i + 4) = s1;
+    add_area_terms(s0, q0, j0);
+    add_area_terms(s1, q1, j1);
+  }
+  for (int64_t i = full; i < n; ++i) sig[i] = 1.0 / (1.0 + e[i] * et);
+  finish_area_sums(q0, q1, j0, j1, sig + full, n - full, sums);
+}
+SAS_FAST_MULTIVERSION(scaled_sigmoid_sums, scaled_sigmoid_sums_body)
 
 // sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image. When |s| (max x - min x) < 1200
 // it is 1 / (1 + e_i exp(s (t - c))) with e_i = exp(-s (x_i - c)), c the mid-range: e_i is
@@ -78,11 +121,19 @@ class Sigmoids {
     t_ = t;
     const double z = s_ * (t - c_);
     if (!e_.empty() && std::abs(z) < 700) {
-      scaled_sigmoids(e_.data(), std::exp(z), n_, sig_.data());
+      scaled_sigmoid_sums(e_.data(), std::exp(z), n_, sig_.data(), sums_);
     } else {
       for (int64_t i = 0; i < n_; ++i) sig_[i] = sigmoid(s_ * (static_cast<double>(x_[i]) - t));
+      area_sums(sig_.data(), n_, sums_);
     }
     return sig_;
+  }
+
+  // (A(t), J(t)) = (mean sig^2, -2 s mean sig^2 (1 - sig)), accumulated in double.
+  std::pair<double, double> area_and_slope(double t) {
+    at(t);
+    const double nd = static_cast<double>(n_);
+    return {sums_[0] / nd, -2.0 * s_ * sums_[1] / nd};
   }
 
  private:
@@ -90,28 +141,17 @@ class Sigmoids {
   int64_t n_;
   double s_, c_, t_ = NAN;
   std::vector<double> e_, sig_;
+  double sums_[2] = {};  // area_sums of sig_
 };
-
-// (A(t), J(t)) = (mean sig^2, -2 s mean sig^2 (1 - sig)), accumulated in double.
-template <typename T>
-std::pair<double, double> area_and_slope(Sigmoids<T>& sigmoids, double s, double t) {
-  const std::vector<double>& sig = sigmoids.at(t);
-  const int64_t n = static_cast<int64_t>(sig.size());
-  double sums[2];
-  area_sums(sig.data(), n, sums);
-  const double nd = static_cast<double>(n);
-  return {sums[0] / nd, -2.0 * s * sums[1] / nd};
-}
 
 // Root of r on one (b, k); lo / hi bracket it (r(lo) >= 0 >= r(hi)) and shrink with every
 // evaluated point; the Newton step on rho is taken while it stays strictly inside and pays off.
 template <typename T>
-double solve(Sigmoids<T>& sig, double s, double a, double t, double lo, double hi,
-             double tol, int64_t max_iter) {
+double solve(Sigmoids<T>& sig, double a, double t, double lo, double hi, double tol, int64_t max_iter) {
   const double logit_a = std::log(std::sqrt(a) / (1.0 - std::sqrt(a)));
   double r = 0.0, t_newton = NAN;
   const auto evaluate = [&](double tp) {  // r and the Newton point at tp; shrinks the bracket
-    const auto [area, jac] = area_and_slope(sig, s, tp);
+    const auto [area, jac] = sig.area_and_slope(tp);
     r = area - a;
     const double root = std::sqrt(area);
     t_newton = (area > 0 && area < 1 && jac < 0)
@@ -135,38 +175,50 @@ double solve(Sigmoids<T>& sig, double s, double a, double t, double lo, double h
   return t_best;
 }
 
-// Reorders v so that v[i] holds its sorted value for every i in the sorted index list
-// [first, last) (recursive nth_element on the middle index: O(n log K) for K indices).
+// x[0..n) sorted ascending: LSD radix sort, one byte per pass, on the bits of each value mapped
+// to an unsigned key of the same order (sign bit set: all bits flipped; else the sign bit set).
+// O(n) per image (a comparison sort or a selection of the 2K ranks costs several times more).
 template <typename T>
-void select(std::vector<T>& v, int64_t lo, int64_t hi, const int64_t* first, const int64_t* last) {
-  if (first == last) return;
-  const int64_t* mid = first + (last - first) / 2;
-  std::nth_element(v.begin() + lo, v.begin() + *mid, v.begin() + hi);
-  select(v, lo, *mid, first, mid);
-  select(v, *mid + 1, hi, mid + 1, last);
+std::vector<T> sorted_copy(const T* x, int64_t n) {
+  using Key = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr int kBytes = sizeof(Key);
+  constexpr Key kSign = Key(1) << (8 * kBytes - 1);
+  if (n == 0) return {};
+  std::vector<Key> key(n), other(n);
+  std::vector<int64_t> count(kBytes * 256, 0);  // histogram of byte d of the keys at [256 d]
+  for (int64_t i = 0; i < n; ++i) {
+    Key u;
+    std::memcpy(&u, x + i, sizeof u);
+    key[i] = (u & kSign) ? ~u : (u | kSign);
+    for (int d = 0; d < kBytes; ++d) ++count[256 * d + ((key[i] >> (8 * d)) & 255)];
+  }
+  for (int d = 0; d < kBytes; ++d) {
+    int64_t* c = count.data() + 256 * d;
+    if (c[(key[0] >> (8 * d)) & 255] == n) continue;  // every key has this byte: nothing moves
+    int64_t start = 0;
+    for (int v = 0; v < 256; ++v) std::swap(c[v], start), start += c[v];
+    for (int64_t i = 0; i < n; ++i) other[c[(key[i] >> (8 * d)) & 255]++] = key[i];
+    key.swap(other);
+  }
+  std::vector<T> v(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const Key u = (key[i] & kSign) ? (key[i] ^ kSign) : ~key[i];
+    std::memcpy(v.data() + i, &u, sizeof u);
+  }
+  return v;
 }
 
 // The q-quantiles of x for q = 1 - a_k, linear interpolation computed in T as torch.quantile
 // does: rank q (n - 1), values at floor(rank) and ceil(rank), lerp. NaN where a_k is not in (0, 1).
 template <typename T>
 std::vector<double> quantiles(const T* x, int64_t n, const T* areas, int64_t K) {
-  std::vector<T> rank(K);
-  std::vector<int64_t> idx;
-  for (int64_t k = 0; k < K; ++k) {
-    rank[k] = (T(1) - areas[k]) * static_cast<T>(n - 1);
-    if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
-    idx.push_back(static_cast<int64_t>(rank[k]));
-    idx.push_back(static_cast<int64_t>(std::ceil(rank[k])));
-  }
-  std::sort(idx.begin(), idx.end());
-  idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
-  std::vector<T> v(x, x + n);
-  select(v, 0, n, idx.data(), idx.data() + idx.size());
+  const std::vector<T> v = sorted_copy(x, n);
   std::vector<double> q(K, NAN);
   for (int64_t k = 0; k < K; ++k) {
     if (!(areas[k] > T(0) && areas[k] < T(1))) continue;
-    const int64_t lo = static_cast<int64_t>(rank[k]), hi = static_cast<int64_t>(std::ceil(rank[k]));
-    const T w = rank[k] - static_cast<T>(lo), a = v[lo], b = v[hi];
+    const T rank = (T(1) - areas[k]) * static_cast<T>(n - 1);
+    const int64_t lo = static_cast<int64_t>(rank), hi = static_cast<int64_t>(std::ceil(rank));
+    const T w = rank - static_cast<T>(lo), a = v[lo], b = v[hi];
     q[k] = w < T(0.5) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
   }
   return q;
@@ -200,7 +252,7 @@ void forward_kernel(const T* x, const T* areas, const T* init, int64_t B, int64_
       const double t0 = init ? static_cast<double>(init[l]) : start[b][k];
       const double ad = a, logit = std::log(std::sqrt(ad) / (1.0 - std::sqrt(ad)));
       const double lo = range[2 * b] - (logit + 1.0) / s, hi = range[2 * b + 1] - (logit - 1.0) / s;
-      const double t = solve(*sig, s, ad, t0, lo, hi, tol, max_iter);
+      const double t = solve(*sig, ad, t0, lo, hi, tol, max_iter);
       thresholds[l] = static_cast<T>(t);
       round_to(sig->at(t).data(), n, m);
     }
