@@ -30,7 +30,7 @@ namespace {
 
 constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
 
-// m[i] = 1 / (1 + e[i] et) rounded to T, and, with `deletion`, d[i] = 1 - m[i] (in T), i < len.
+// m[i] = 1 / (1 + e[i] et) rounded to T, i < len.
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void factored_masks_body(const double* __restrict e, double et, int64_t len,
                                                 T* __restrict m) {
@@ -230,16 +230,9 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
           for (int64_t j = 0; j < J; ++j) {
             const bool del = !insertion || j == 1;
             if (del) complement(m.data(), len, v.data());
-            const scalar_t* gk = g + b * st[0] + (j * d.K + k) * st[1] + i0 * st[4];
-            int64_t gc = st[2];
-            if (!pixels_contiguous) {  // a tile of the gradient copied: C x kTile
-              for (int64_t c = 0; c < d.C; ++c) {
-                scalar_t* row = buffer.data() + c * kTile;
-                if (st[4] == 0) std::fill(row, row + len, gk[c * st[2]]);
-                else for (int64_t i = 0; i < len; ++i) row[i] = gk[c * st[2] + i * st[4]];
-              }
-              gk = buffer.data(), gc = kTile;
-            }
+            int64_t gc;
+            const scalar_t* gk = contiguous_grad_tile(g + b * st[0] + (j * d.K + k) * st[1] + i0 * st[4],
+                                                      st[2], st[4], len, d.C, buffer.data(), &gc);
             mask_dot_tile(del ? v.data() : m.data(), pb, gk, gc, del, dm.data(), len, d.L, d.C, d.n);
           }
           double* part = partial.data() + 2 * ((b * tiles + tile % tiles) * d.K + k);

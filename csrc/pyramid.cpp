@@ -96,16 +96,9 @@ at::Tensor pyramid_mask_backward(const at::Tensor& grad, const at::Tensor& pyram
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / tiles, i0 = (t % tiles) * kTile, len = std::min(n - i0, kTile);
         for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* gk = g + b * st[0] + k * st[1] + i0 * st[4];
-          int64_t gc = st[2];
-          if (!pixels_contiguous) {
-            for (int64_t c = 0; c < C; ++c) {
-              scalar_t* row = buffer.data() + c * kTile;
-              if (st[4] == 0) std::fill(row, row + len, gk[c * st[2]]);
-              else for (int64_t i = 0; i < len; ++i) row[i] = gk[c * st[2] + i * st[4]];
-            }
-            gk = buffer.data(), gc = kTile;
-          }
+          int64_t gc;
+          const scalar_t* gk = contiguous_grad_tile(g + b * st[0] + k * st[1] + i0 * st[4], st[2], st[4],
+                                                    len, C, buffer.data(), &gc);
           mask_grad_tile(m + (b * K + k) * n + i0, p + b * L * C * n + i0, gk, gc,
                          gm + (b * K + k) * n + i0, len, L, C, n, scale);
         }

@@ -96,4 +96,21 @@ SAS_FAST_ALWAYS_INLINE void mask_dot_tile_body(const T* __restrict v, const T* _
 }
 SAS_FAST_MULTIVERSION(mask_dot_tile, mask_dot_tile_body)
 
+// A tile of the output gradient made readable with channel stride *gc: g points at the tile's
+// first pixel, channel stride gs, pixel stride gp; when gp != 1 (the gradient of a sum() arrives
+// expanded, gp = 0) the len x C values are copied into buffer (C x kTile) and g, *gc point there.
+template <typename T>
+inline const T* contiguous_grad_tile(const T* g, int64_t gs, int64_t gp, int64_t len, int64_t C,
+                                     T* buffer, int64_t* gc) {
+  *gc = gs;
+  if (gp == 1) return g;
+  for (int64_t c = 0; c < C; ++c) {
+    T* row = buffer + c * kTile;
+    if (gp == 0) std::fill(row, row + len, g[c * gs]);
+    else for (int64_t i = 0; i < len; ++i) row[i] = g[c * gs + i * gp];
+  }
+  *gc = kTile;
+  return buffer;
+}
+
 }  // namespace sas_fast
