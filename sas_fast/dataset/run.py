@@ -104,6 +104,8 @@ def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
     run that finished no chunk, e.g. one stopped by a bad model, is replaced by the new one)."""
     existing = read_json(out / MANIFEST)
     started = any(out.glob("chunk_*"))
+    if workers.world > 1:
+        dist.barrier()      # every process has looked at the folder before rank 0 writes to it
     if existing is None or (existing.get("config") != config and not started):
         if existing is None and ((out / MANIFEST).exists() or started):
             raise DatasetRunError(f"{out} holds chunk files but no readable {MANIFEST}: use an empty "
@@ -118,6 +120,8 @@ def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
                               "differ): use the same arguments to resume it, or another output folder")
     if workers.rank == 0:
         remove_temp_files(out)
+    if workers.world > 1:
+        dist.barrier()      # the manifest is there before any process writes a chunk
 
 
 def _close_manifest(out: Path, spans: list, run: dict) -> dict:
