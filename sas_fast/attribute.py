@@ -8,6 +8,8 @@ output the min-max normalised schedule (paper eq. 8).
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -33,7 +35,8 @@ class SaSTrace:
     that iteration's update (the OFF and ON ends are constant; with ``area_samples`` the masks
     not evaluated at that iteration are NaN); ``saliency`` ``T x B x H x W``, the normalised
     schedule at those iterations, before their update (so at iteration i: the map after i
-    Adam steps); ``loss`` ``iterations x B`` (with ``area_samples``: the unbiased estimate
+    Adam steps); ``loss`` ``N x B`` for the N iterations run (``iterations``, or fewer under
+    ``max_seconds``; with ``area_samples``: the unbiased estimate
     of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
     the model image-passes spent on each image (forward + input-gradient backward of one
     masked image = 1; the one forward pass of the clean image is not counted).
@@ -63,13 +66,23 @@ def _end_scores(objective: Objective, pyramid: torch.Tensor, modes) -> dict:
     return {m: torch.stack([off, on] if m == "insertion" else [on, off], dim=1) for m in modes}
 
 
+def _check_max_seconds(max_seconds) -> None:
+    if max_seconds is None:
+        return
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
+            or not math.isfinite(max_seconds) or max_seconds <= 0:
+        raise ValueError(f"max_seconds must be None or a finite number of seconds > 0, got {max_seconds!r}")
+
+
 def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
             config: SaSConfig, return_trace: bool = False, progress: bool | None = None,
-            additional_forward_args=None):
+            additional_forward_args=None, max_seconds: float | None = None):
     """SaS on a batch: ``B x C x H x W`` -> schedule ``B x H x W`` in [0, 1] (float32).
 
     See :func:`attribute` for the arguments; ``config`` holds every hyperparameter.
     """
+    start = time.perf_counter()
+    _check_max_seconds(max_seconds)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, torch.Tensor):
@@ -116,7 +129,14 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         watch = FiniteWatch(modes, config.iterations, images.device)
         bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                    disable=None if progress is None else not progress)
+        done, loop_start = 0, time.perf_counter()
         for it in bar:
+            if max_seconds is not None and it > 0:
+                if images.device.type == "cuda":
+                    torch.cuda.synchronize(images.device)
+                now = time.perf_counter()
+                if now - start + (now - loop_start) / it > max_seconds:   # the next one would end late
+                    break
             if it in points:
                 snapshots.append(_saliency(premask, config))
             step = iteration()
@@ -127,13 +147,17 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
                     inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
                     inner[:, iteration.index.to(images.device)] = step.scores[m]
                     recorded[m].append(torch.cat([ends[m][:, :1], inner, ends[m][:, 1:]], 1))
+            done += 1
+        bar.close()
+        if done < config.iterations:
+            watch.check()
         saliency = _saliency(premask, config)
     if not return_trace:
         return saliency
-    passes = torch.full((b,), config.iterations * config.passes_per_iteration(), dtype=torch.long)
-    trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(points),
+    passes = torch.full((b,), done * config.passes_per_iteration(), dtype=torch.long)
+    trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(p for p in points if p < done),
                      scores={m: torch.stack(v) for m, v in recorded.items()},
-                     saliency=torch.stack(snapshots), loss=losses * iteration.sampler.weight,
+                     saliency=torch.stack(snapshots), loss=losses[:done] * iteration.sampler.weight,
                      passes=passes)
     return saliency, trace
 
@@ -163,7 +187,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
               num_masks: int = FROM_PRESET, iterations: int = FROM_PRESET, layer=None,
               seed: int = FROM_PRESET, backend: str = FROM_PRESET, preset: str = "default",
               return_trace: bool = False, progress: bool | None = None,
-              additional_forward_args=None, **options):
+              additional_forward_args=None, max_seconds: float | None = None, **options):
     """Saliency as a Schedule for a batch of images: ``B x H x W`` maps in [0, 1].
 
     The algorithm (pre-mask -> schedule -> masks at K areas -> insertion / deletion scores of
@@ -194,6 +218,11 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         progress: show a progress bar (None: only on a terminal).
         additional_forward_args: extra positional arguments of ``model``; tensors whose first
             dimension is B are indexed per image.
+        max_seconds: a wall-clock budget for the whole call: no iteration is started that
+            would end after it (estimated from the mean of those run), so fewer than
+            ``iterations`` may run; the map is then the one after the iterations run (what a
+            run with that many ``iterations`` gives, with a constant learning rate).
+            ``trace.passes`` counts what ran. None (default): no budget.
         **options: any other :class:`sas_fast.config.SaSConfig` field (``lr``, ``window``,
             ``max_blur``, ``sharpness``, ``max_batch``, ``implicit_grad``, ``cuda_graph``, ...;
             ``precision``: ``"auto"`` (default: bf16 autocast where the device computes bf16
@@ -221,7 +250,8 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
     given = dict(mode=mode, num_masks=num_masks, iterations=iterations, seed=seed, backend=backend)
     config = make_config(preset, **{k: v for k, v in given.items() if v is not FROM_PRESET}, **options)
     return run_sas(model, images, target, layer=layer, config=config, return_trace=return_trace,
-                   progress=progress, additional_forward_args=additional_forward_args)
+                   progress=progress, additional_forward_args=additional_forward_args,
+                   max_seconds=max_seconds)
 
 
 class SaS:
@@ -237,7 +267,8 @@ class SaS:
         self.config = make_config(preset, **config)
 
     def attribute(self, inputs: torch.Tensor, target=None, additional_forward_args=None,
-                  return_trace: bool = False, progress: bool | None = None):
+                  return_trace: bool = False, progress: bool | None = None,
+                  max_seconds: float | None = None):
         r"""Saliency as a Schedule of ``inputs``: a learned priority order over the pixels,
         ``B x 1 x H x W`` in [0, 1] (1 = revealed first, most important).
 
@@ -275,6 +306,9 @@ class SaS:
                 score at the recorded iterations (paper figure 3). Default: False.
             progress (bool or None, optional): show a progress bar; None (default): only on a
                 terminal.
+            max_seconds (float or None, optional): wall-clock budget of the call; iterations
+                that would end after it are not started (see :func:`sas_fast.attribute`).
+                Default: None.
 
         The model, ``preset``, ``layer`` and the :class:`sas_fast.config.SaSConfig` fields
         (``mode`` in ``"insertion" | "deletion" | "both"``, ``num_masks`` K >= 3,
@@ -305,7 +339,7 @@ class SaS:
         """
         out = run_sas(self.model, inputs, target, layer=self.layer, config=self.config,
                       return_trace=return_trace, progress=progress,
-                      additional_forward_args=additional_forward_args)
+                      additional_forward_args=additional_forward_args, max_seconds=max_seconds)
         if return_trace:
             return out[0].unsqueeze(1), out[1]
         return out.unsqueeze(1)

@@ -23,9 +23,11 @@ from .ops import BACKENDS
 from .precision import resolve_precision
 
 #: ``explain --demo``: the default schedule for 40 iterations (1,440 model image-passes), the most
-#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/demo_budget.py, RESULTS.md).
+#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/demo_budget.py, RESULTS.md),
+#: and on a slower CPU as many as fit ``DEMO_MAX_SECONDS`` (30: as good as 80 on the game; 20: -0.025).
 DEMO_PRESET = "default"
 DEMO_ITERATIONS = 40
+DEMO_MAX_SECONDS = 120.0
 DEMO_PHOTO = "chelsea"
 
 
@@ -63,9 +65,11 @@ def _model(name: str):
 
 
 def _names(args) -> list:
-    """The photo names of --demo or IMAGE..., after checking --iterations."""
+    """The photo names of --demo or IMAGE..., after checking --iterations and --max-seconds."""
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.max_seconds is not None and not 0 < args.max_seconds < float("inf"):
+        raise ValueError(f"--max-seconds must be a number of seconds > 0, got {args.max_seconds}")
     if args.demo:
         return [f"{DEMO_PHOTO}.png"]
     if not args.images:
@@ -81,6 +85,15 @@ def _schedule(args) -> tuple:
     if args.demo and args.preset is None:
         return preset, DEMO_ITERATIONS
     return preset, PRESETS[preset].iterations
+
+
+def _max_seconds(args) -> float | None:
+    """``--max-seconds``; with --demo and its own schedule (no --preset, no --iterations), 120 s."""
+    if args.max_seconds is not None:
+        return args.max_seconds
+    if args.demo and args.preset is None and args.iterations is None:
+        return DEMO_MAX_SECONDS
+    return None
 
 
 def _inputs(args):
@@ -117,13 +130,20 @@ def explain(args) -> int:
                          f"{[n for n, _ in model.named_modules() if n][:12]}")
     what = f"layer {layer}" if layer else "class"
     passes = iterations * PRESETS[preset].passes_per_iteration()
+    max_seconds = _max_seconds(args)
+    budget = f", at most {max_seconds:g} s" if max_seconds else ""
     print(f"SaS ({what} saliency): {len(photos)} image(s), preset {preset}, {iterations} iterations "
-          f"({passes} model passes per image), backend {args.backend}, model precision "
+          f"({passes} model passes per image{budget}), backend {args.backend}, model precision "
           f"{precision.precision} ({precision.reason})")
     start = time.perf_counter()
-    saliency = attribute(model, images, target, preset=preset, iterations=iterations, layer=layer,
-                         backend=args.backend, precision=precision.precision, progress=True)
+    saliency, trace = attribute(model, images, target, preset=preset, iterations=iterations, layer=layer,
+                                backend=args.backend, precision=precision.precision, progress=True,
+                                max_seconds=max_seconds, return_trace=True)
     seconds = time.perf_counter() - start
+    if len(trace.loss) < iterations:
+        print(f"time budget: stopped after {len(trace.loss)} of {iterations} iterations "
+              f"({int(trace.passes[0])} model passes per image; --max-seconds to change it)")
+        iterations = len(trace.loss)
     targets = torch.as_tensor(target).expand(len(photos))
     for i, (name, path) in enumerate(zip(names, paths)):
         save_png(path, overlay(photos[i], saliency[i]))
@@ -142,9 +162,17 @@ def compare(args) -> int:
     out = check_writable(args.out or "compare.png")
     names, photos, model, images, probs, (preset, iterations), precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
+    max_seconds, ran = _max_seconds(args), []
+
+    def sas():
+        saliency, trace = attribute(model, images, target, preset=preset, iterations=iterations,
+                                    backend=args.backend, precision=precision.precision, progress=True,
+                                    max_seconds=max_seconds, return_trace=True)
+        ran.append(len(trace.loss))
+        return saliency
+
     methods = {
-        "SaS": lambda: attribute(model, images, target, preset=preset, iterations=iterations,
-                                 backend=args.backend, precision=precision.precision, progress=True),
+        "SaS": sas,
         "GradCAM": lambda: baselines.grad_cam(model, images, target),
         "IG": lambda: baselines.integrated_gradients(model, images, target, internal_batch_size=25),
         "Guided BP": lambda: baselines.guided_backprop(model, images, target),
@@ -160,7 +188,7 @@ def compare(args) -> int:
     shown = [np.asarray(photo, dtype=np.float32) / 255 for photo in photos]
     rows = [[maps[m][i] / maps[m][i].max().clamp_min(1e-12) for m in maps] for i in range(len(photos))]
     attribution_grid(shown, rows, list(maps), out, row_titles=[Path(n).stem for n in names])
-    print(f"SaS preset {preset}, {iterations} iterations, model precision {precision.precision} "
+    print(f"SaS preset {preset}, {ran[0]} iterations, model precision {precision.precision} "
           f"({precision.reason}); grid -> {out}")
     return 0
 
@@ -176,6 +204,9 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
                         "iterations)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} with --demo)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help=f"wall-clock budget of SaS: no iteration is started that would end after it "
+                        f"(default: none; {DEMO_MAX_SECONDS:g} with --demo)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="model precision (default auto: bf16 where the device computes it natively, "

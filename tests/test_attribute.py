@@ -1,5 +1,8 @@
 """sas_fast.attribute end to end: planted evidence, batch consistency, feature saliency,
 micro-batching, traces, bad input and the model left exactly as found."""
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -102,6 +105,48 @@ def test_trace_records_score_profiles(model):
     assert (ins[-1].mean() > ins[0].mean())          # optimisation raised the insertion scores
 
 
+class FakeClock:
+    """``time.perf_counter`` of sas_fast.attribute: each model call (batch of masked images) costs
+    ``per_call`` seconds."""
+
+    def __init__(self, model, per_call: float):
+        self.now, self.per_call, self.model = 0.0, per_call, model
+
+    def __call__(self):
+        return self.now
+
+    def forward(self, x):
+        self.now += self.per_call
+        return self.model(x)
+
+
+@pytest.mark.parametrize("sas_object", [False, True])
+def test_max_seconds_stops_before_an_iteration_that_would_end_late(model, monkeypatch, sas_object):
+    """An iteration is 2 model calls of 6 masked images and the set-up 3 (the clean images, the
+    trace's OFF and ON images): 1 s each, so iteration i ends at 3 + 2 (i + 1) s and a 13.5 s
+    budget fits 5 of 9 iterations; the map is then the 5-iteration run's, bit for bit, and the
+    trace counts what ran."""
+    clock = FakeClock(model, 1.0)
+    wrapped = nn.Sequential().eval()
+    wrapped.forward = clock.forward
+    monkeypatch.setattr(sys.modules["sas_fast.attribute"], "time", SimpleNamespace(perf_counter=clock))
+    images = textured_images()
+    options = dict(iterations=9, num_masks=5, max_batch=6)
+    if sas_object:
+        sal, trace = SaS(wrapped, **options).attribute(images, 0, return_trace=True, max_seconds=13.5)
+        sal = sal.squeeze(1)
+    else:
+        sal, trace = attribute(wrapped, images, 0, return_trace=True, max_seconds=13.5, **options)
+    assert clock.now == 13 and trace.loss.shape == (5, 2) and trace.passes.tolist() == [5 * 6] * 2
+    assert trace.iterations == [0, 2, 4]                         # the default points 0, 2, 4, 6, 8 run
+    five = attribute(model, images, 0, iterations=5, num_masks=5, max_batch=6)
+    assert torch.equal(sal, five)
+    clock.now = 0.0
+    assert attribute(wrapped, images, 0, iterations=9, num_masks=5, max_batch=6, max_seconds=100).shape \
+        == sal.shape
+    assert clock.now == 1 + 2 * 9                                # a budget that is not reached: all 9
+
+
 def test_sas_object_is_captum_shaped(model):
     explainer = SaS(model, preset="paper-cifar", iterations=3)
     out = explainer.attribute(textured_images(), target=torch.tensor([0, 1]))
@@ -194,6 +239,8 @@ BAD_CALLS = {
     "fp16 images, fp32 model": lambda m: attribute(m, textured_images().half(), 0, iterations=1),
     "bf16 images, fp32 model": lambda m: attribute(m, textured_images().bfloat16(), 0, iterations=1),
     "meta images": lambda m: attribute(m, textured_images().to("meta"), 0, iterations=1),
+    "max_seconds=0": lambda m: attribute(m, textured_images(), 0, iterations=1, max_seconds=0),
+    "max_seconds=nan": lambda m: attribute(m, textured_images(), 0, iterations=1, max_seconds=float("nan")),
 }
 
 
@@ -219,6 +266,7 @@ def test_bad_input_raises_and_leaves_model_as_found(name):
     ("B x 1 x C output", r"got shape \(2, 1, 2\)"),
     ("fp16 images, fp32 model", "images are torch.float16 but the model's parameters are torch.float32"),
     ("meta images", "'meta' device"),
+    ("max_seconds=nan", "max_seconds must be None or a finite number of seconds > 0, got nan"),
 ])
 def test_bad_input_messages_name_the_argument_and_value(name, message):
     with pytest.raises(ValueError, match=message):

@@ -35,6 +35,27 @@ def test_demo_schedule_and_preset_are_honoured():
     assert _schedule(parse(["explain", "--demo", "--preset", "fast", "--iterations", "7"])) == ("fast", 7)
 
 
+def test_demo_has_a_time_budget_and_others_only_when_asked():
+    from sas_fast.cli import DEMO_MAX_SECONDS, _max_seconds
+
+    parse = build_parser().parse_args
+    assert _max_seconds(parse(["explain", "--demo"])) == DEMO_MAX_SECONDS == 120
+    assert _max_seconds(parse(["compare", "--demo"])) == DEMO_MAX_SECONDS
+    assert _max_seconds(parse(["explain", "--demo", "--iterations", "80"])) is None
+    assert _max_seconds(parse(["explain", "--demo", "--preset", "fast"])) is None
+    assert _max_seconds(parse(["explain", "x.png"])) is None
+    assert _max_seconds(parse(["explain", "x.png", "--max-seconds", "30"])) == 30
+
+
+def test_explain_stops_at_the_time_budget_and_says_so(tmp_path, capsys):
+    """Any budget lets the first iteration run; this one is over by then."""
+    assert main(["explain", "--demo", "--iterations", "3", "--max-seconds", "0.01",
+                 "--out", str(tmp_path / "d.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "time budget: stopped after 1 of 3 iterations (36 model passes per image" in printed
+    assert "s per iteration)" in printed and (tmp_path / "d.png").exists()
+
+
 def test_precision_defaults_to_auto_and_is_resolved_per_cpu(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
     args = build_parser().parse_args(["explain", "--demo"])
@@ -68,6 +89,8 @@ def test_explain_rejects_missing_file_and_unknown_layer(tmp_path, capsys):
 @pytest.mark.parametrize("command, message", [
     (["explain", "--demo", "--iterations", "0"], "--iterations must be >= 1, got 0"),
     (["compare", "--demo", "--iterations", "-3"], "--iterations must be >= 1, got -3"),
+    (["explain", "--demo", "--max-seconds", "0"], "--max-seconds must be a number of seconds > 0, got 0.0"),
+    (["compare", "--demo", "--max-seconds", "nan"], "--max-seconds must be a number of seconds > 0, got nan"),
     (["explain"], "explain: give IMAGE paths or --demo"),
     (["explain", "--demo", "--out", "{tmp}/missing/x.png"], "cannot write output"),
     (["explain", "--demo", "--out", "/proc/x.png"], "cannot write output /proc/x.png"),

@@ -28,7 +28,8 @@ from .sources import UnreadableImage, describe, open_source
 FORMAT = "sas_fast.attribute-dataset/1"
 TARGETS = ("auto", "labels", "predicted")
 #: attribute() arguments the dataset run sets itself.
-RESERVED_OPTIONS = ("return_trace", "progress", "trace_iterations", "target", "additional_forward_args")
+RESERVED_OPTIONS = ("return_trace", "progress", "trace_iterations", "target", "additional_forward_args",
+                    "max_seconds")
 
 
 @dataclass(frozen=True)
