@@ -28,8 +28,6 @@
 namespace sas_fast {
 namespace {
 
-constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
-
 // m[i] = 1 / (1 + e[i] et) rounded to T, i < len.
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void factored_masks_body(const double* __restrict e, double et, int64_t len,

@@ -30,8 +30,6 @@ namespace {
 
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
-constexpr int kLanes = 8;  // partial sums of the reductions: pixel i in lane i mod kLanes
-
 // Four lanes of doubles (GCC vector extension, element-wise IEEE operations: the same bits as the
 // scalar code on every ISA). The kLanes lanes are held as two of them, lanes 0-3 and 4-7: 32-byte
 // vectors stay in registers in the AVX2 copy too (64-byte ones did not; the baseline copy splits
