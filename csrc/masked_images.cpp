@@ -14,9 +14,10 @@
 //   tile's partial sums of G and w per mask; pass 2 adds them up in a fixed order (deterministic)
 //   and subtracts the implicit term, whose w_ki needs only the schedule.
 // The masks are computed in double and rounded to the schedule's dtype, as threshold_masks stores
-// them: with c the mid-range of the image's schedule and |s| (max x - min x) < 1200 (as there),
+// them, and factored as there (sigmoid_masks.h): c the mid-range of the image's schedule,
 // m_ki = 1 / (1 + e_i exp(s (t_k - c))), e_i = exp(-s (x_i - c)) computed once per pixel and tile,
-// so each mask costs a division (vectorised), not an exp; otherwise sigmoid(s (x_i - t_k)) directly.
+// so each mask costs a division (vectorised), not an exp, where |s| (max x - min x) < 1200 and
+// |s (t_k - c)| < 700; otherwise sigmoid(s (x_i - t_k)) directly.
 // Sums over pixels run over kLanes partial sums added in a fixed order: the same bits on every ISA.
 #include <torch/library.h>
 
@@ -24,6 +25,7 @@
 
 #include "common.h"
 #include "pyramid_tiles.h"
+#include "sigmoid_masks.h"
 
 namespace sas_fast {
 namespace {
@@ -104,23 +106,17 @@ Shape check(const at::Tensor& schedule, const at::Tensor& thresholds, const at::
 }
 
 // The masks of the tiles of one image: at(t, m) writes m_i = sigmoid(s (x_i - t)) rounded to T for
-// the tile's pixels (see the file header).
+// the tile's pixels (sigmoid_masks.h; e_i computed per tile).
 template <typename T>
 class TileMasks {
  public:
-  // x: the image's schedule (n pixels); factored when |s| (max x - min x) < 1200.
-  TileMasks(const T* x, int64_t n, double s) : x_(x), s_(s) {
-    const auto [mn, mx] = std::minmax_element(x, x + n);
-    const double lo = static_cast<double>(*mn), hi = static_cast<double>(*mx);
-    c_ = 0.5 * (lo + hi);
-    factored_ = std::abs(s) * (hi - lo) < 1200;
-  }
+  // x: the image's schedule (n pixels).
+  TileMasks(const T* x, int64_t n, double s) : sigmoid_(make_sigmoid(x, n, s)) {}
 
   // Moves to the tile [i0, i0 + len).
   void tile(int64_t i0, int64_t len) {
     i0_ = i0, len_ = len;
-    if (factored_)
-      for (int64_t i = 0; i < len; ++i) e_[i] = std::exp(-s_ * (static_cast<double>(x_[i0 + i]) - c_));
+    if (sigmoid_.factored()) sigmoid_.scales(i0, len, e_);
   }
 
   void at(T t, T* m) const {
@@ -129,19 +125,21 @@ class TileMasks {
       std::fill(m, m + len_, t < T(0) ? T(1) : T(0));
       return;
     }
-    const double z = s_ * (td - c_);
-    if (factored_ && std::abs(z) < 700) {
-      factored_masks(e_, std::exp(z), len_, m);
+    double et;
+    if (sigmoid_.factored_at(td, &et)) {
+      factored_masks(e_, et, len_, m);
     } else {
-      for (int64_t i = 0; i < len_; ++i)
-        m[i] = static_cast<T>(1.0 / (1.0 + std::exp(-s_ * (static_cast<double>(x_[i0_ + i]) - td))));
+      for (int64_t i = 0; i < len_; ++i) m[i] = static_cast<T>(sigmoid_.direct(i0_ + i, td));
     }
   }
 
  private:
-  const T* x_;
-  double s_, c_ = 0.0;
-  bool factored_ = false;
+  static MidRangeSigmoid<T> make_sigmoid(const T* x, int64_t n, double s) {
+    const auto [mn, mx] = std::minmax_element(x, x + n);
+    return {x, s, static_cast<double>(*mn), static_cast<double>(*mx)};
+  }
+
+  MidRangeSigmoid<T> sigmoid_;
   int64_t i0_ = 0, len_ = 0;
   double e_[kTile];
 };
