@@ -45,6 +45,10 @@ inline Isa active_isa() {
 
 #define SAS_FAST_ALWAYS_INLINE inline __attribute__((always_inline))
 
+// Partial sums of the reductions over pixels: pixel i in lane i mod kLanes, the lanes added up in
+// order 0..kLanes-1 (one AVX-512 register of doubles).
+constexpr int kLanes = 8;
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #define SAS_FAST_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define SAS_FAST_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")))

@@ -11,12 +11,13 @@
 //   implicit (SPEC section 3): dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)],
 //   detached: dL/dx_i = sum_k G_ki.
 //   Pass 1 (per image and pixel tile) reads the gradient once and writes sum_k G_ki and each
-//   tile's partial sums of G and w per mask; pass 2 adds them up in a fixed order (deterministic)
-//   and subtracts the implicit term, whose w_ki needs only the schedule.
+//   tile's partial sums of G and w per mask; these are added up once per mask, in tile order
+//   (deterministic), and pass 2 subtracts the implicit term, whose w_ki needs only the schedule.
 // The masks are computed in double and rounded to the schedule's dtype, as threshold_masks stores
-// them: with c the mid-range of the image's schedule and |s| (max x - min x) < 1200 (as there),
+// them, and factored as there (sigmoid_masks.h): c the mid-range of the image's schedule,
 // m_ki = 1 / (1 + e_i exp(s (t_k - c))), e_i = exp(-s (x_i - c)) computed once per pixel and tile,
-// so each mask costs a division (vectorised), not an exp; otherwise sigmoid(s (x_i - t_k)) directly.
+// so each mask costs a division (vectorised), not an exp, where |s| (max x - min x) < 1200 and
+// |s (t_k - c)| < 700; otherwise sigmoid(s (x_i - t_k)) directly.
 // Sums over pixels run over kLanes partial sums added in a fixed order: the same bits on every ISA.
 #include <torch/library.h>
 
@@ -24,11 +25,10 @@
 
 #include "common.h"
 #include "pyramid_tiles.h"
+#include "sigmoid_masks.h"
 
 namespace sas_fast {
 namespace {
-
-constexpr int kLanes = 8;  // partial sums of the reductions: one AVX-512 register of doubles
 
 // m[i] = 1 / (1 + e[i] et) rounded to T, i < len.
 template <typename T>
@@ -106,23 +106,17 @@ Shape check(const at::Tensor& schedule, const at::Tensor& thresholds, const at::
 }
 
 // The masks of the tiles of one image: at(t, m) writes m_i = sigmoid(s (x_i - t)) rounded to T for
-// the tile's pixels (see the file header).
+// the tile's pixels (sigmoid_masks.h; e_i computed per tile).
 template <typename T>
 class TileMasks {
  public:
-  // x: the image's schedule (n pixels); factored when |s| (max x - min x) < 1200.
-  TileMasks(const T* x, int64_t n, double s) : x_(x), s_(s) {
-    const auto [mn, mx] = std::minmax_element(x, x + n);
-    const double lo = static_cast<double>(*mn), hi = static_cast<double>(*mx);
-    c_ = 0.5 * (lo + hi);
-    factored_ = std::abs(s) * (hi - lo) < 1200;
-  }
+  // x: the image's schedule (n pixels).
+  TileMasks(const T* x, int64_t n, double s) : sigmoid_(make_sigmoid(x, n, s)) {}
 
   // Moves to the tile [i0, i0 + len).
   void tile(int64_t i0, int64_t len) {
     i0_ = i0, len_ = len;
-    if (factored_)
-      for (int64_t i = 0; i < len; ++i) e_[i] = std::exp(-s_ * (static_cast<double>(x_[i0 + i]) - c_));
+    if (sigmoid_.factored()) sigmoid_.scales(i0, len, e_);
   }
 
   void at(T t, T* m) const {
@@ -131,19 +125,21 @@ class TileMasks {
       std::fill(m, m + len_, t < T(0) ? T(1) : T(0));
       return;
     }
-    const double z = s_ * (td - c_);
-    if (factored_ && std::abs(z) < 700) {
-      factored_masks(e_, std::exp(z), len_, m);
+    double et;
+    if (sigmoid_.factored_at(td, &et)) {
+      factored_masks(e_, et, len_, m);
     } else {
-      for (int64_t i = 0; i < len_; ++i)
-        m[i] = static_cast<T>(1.0 / (1.0 + std::exp(-s_ * (static_cast<double>(x_[i0_ + i]) - td))));
+      for (int64_t i = 0; i < len_; ++i) m[i] = static_cast<T>(sigmoid_.direct(i0_ + i, td));
     }
   }
 
  private:
-  const T* x_;
-  double s_, c_ = 0.0;
-  bool factored_ = false;
+  static MidRangeSigmoid<T> make_sigmoid(const T* x, int64_t n, double s) {
+    const auto [mn, mx] = std::minmax_element(x, x + n);
+    return {x, s, static_cast<double>(*mn), static_cast<double>(*mx)};
+  }
+
+  MidRangeSigmoid<T> sigmoid_;
   int64_t i0_ = 0, len_ = 0;
   double e_[kTile];
 };
@@ -204,7 +200,9 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
   if (G.stride(3) != W * G.stride(4)) G = G.contiguous();  // then pixel i is at i * stride(4)
   const auto st = G.strides();
   const bool pixels_contiguous = st[4] == 1;
-  std::vector<double> acc(d.B * d.n), partial(2 * d.B * tiles * d.K, 0.0);  // sum_k G; (sum G, sum w)
+  // sum_k G per pixel; (sum G, sum w) per image, mask and tile; coef = (sum_j G_kj) /
+  // (sum_j w_kj + 1e-12) per image and mask
+  std::vector<double> acc(d.B * d.n), partial(2 * d.B * d.K * tiles, 0.0), coef(d.B * d.K);
   at::Tensor grad_x = at::empty({d.B, 1, H, W}, P.options());
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "masked_images_backward", [&] {
     const scalar_t *px = x.data_ptr<scalar_t>(), *pt = t.data_ptr<scalar_t>(), *pp = P.data_ptr<scalar_t>();
@@ -235,11 +233,19 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
                                                       st[2], st[4], len, d.C, buffer.data(), &gc);
             mask_dot_tile(del ? v.data() : m.data(), pb, gk, gc, del, dm.data(), len, d.L, d.C, d.n);
           }
-          double* part = partial.data() + 2 * ((b * tiles + tile % tiles) * d.K + k);
+          double* part = partial.data() + 2 * ((b * d.K + k) * tiles + tile % tiles);
           mask_grad_sums(m.data(), dm.data(), len, scale, s, a, part);
         }
       }
     });
+    if (implicit_grad) {
+      for (int64_t l = 0; l < d.B * d.K; ++l) {  // the tiles' sums added in tile order
+        const double* part = partial.data() + 2 * l * tiles;
+        double sum_g = 0.0, sum_w = 0.0;
+        for (int64_t u = 0; u < tiles; ++u) sum_g += part[2 * u], sum_w += part[2 * u + 1];
+        coef[l] = sum_g / (sum_w + 1e-12);
+      }
+    }
     scalar_t* dx = grad_x.data_ptr<scalar_t>();
     at::parallel_for(0, d.B * tiles, grain_for(d.K * kTile), [&](int64_t t0, int64_t t1) {
       std::vector<double> v(kTile);
@@ -255,13 +261,8 @@ at::Tensor masked_images_backward(const at::Tensor& grad, const at::Tensor& sche
           for (int64_t k = 0; k < d.K; ++k) {
             const scalar_t tk = pt[b * d.K + k];
             if (!std::isfinite(static_cast<double>(tk))) continue;
-            double sum_g = 0.0, sum_w = 0.0;
-            for (int64_t u = 0; u < tiles; ++u) {
-              const double* part = partial.data() + 2 * ((b * tiles + u) * d.K + k);
-              sum_g += part[0], sum_w += part[1];
-            }
             masks->at(tk, m.data());
-            subtract_implicit(m.data(), len, sum_g / (sum_w + 1e-12), v.data());
+            subtract_implicit(m.data(), len, coef[b * d.K + k], v.data());
           }
         }
         round_to(v.data(), len, dx + b * d.n + i0);

@@ -3,9 +3,9 @@
 //   w = v (L - 1), lev = min(floor(w), L - 2) (and >= 0), f = w - lev,
 //   out = (1 - f) P[lev] + f P[lev + 1],  d out / d v = (L - 1) (P[lev + 1] - P[lev]).
 // A tile is up to kTile pixels of one image; per tile and mask, a first loop turns the mask values
-// into offsets of the lower level (lev C n + i) and weights f, then one loop per channel
-// interpolates (forward) or accumulates the gradient (backward): contiguous loops the compiler
-// vectorises, the two level reads as gathers.
+// into offsets of the lower level (lev C n + i) and, for the forward, weights f, then one loop per
+// channel interpolates (forward) or accumulates the gradient (backward, which needs no f):
+// contiguous loops the compiler vectorises, the two level reads as gathers.
 #pragma once
 
 #include "common.h"
@@ -14,9 +14,25 @@ namespace sas_fast {
 
 constexpr int64_t kTile = 1024;  // pixels per work item: the pyramid's tile stays in cache over k
 
+// lev = min(floor(w), L - 2) (and >= 0) of w = v (L - 1), top = L - 2 (clamping before truncating
+// gives the same lev as flooring first, and NaN gives 0).
+template <typename T>
+SAS_FAST_ALWAYS_INLINE int32_t level_of(T w, T top) {
+  return static_cast<int32_t>(std::min(top, std::max(T(0), w)));
+}
+
 // offset[i] = lev C n + i of the lower level of mask value v[i] (the pixel's value in level lev,
-// channel 0) and weight f[i] = w - lev, w = v[i] (L - 1), lev = min(floor(w), L - 2) (and >= 0;
-// clamping before truncating gives the same lev as flooring first, and NaN gives 0).
+// channel 0), i < len.
+template <typename T>
+SAS_FAST_ALWAYS_INLINE void level_offsets(const T* __restrict v, int64_t len, int64_t L,
+                                          int64_t level_stride, int32_t* __restrict offset) {
+  const T top = static_cast<T>(L - 2), scale = static_cast<T>(L - 1);
+  const int32_t stride = static_cast<int32_t>(level_stride);
+  for (int64_t i = 0; i < len; ++i)
+    offset[i] = level_of(v[i] * scale, top) * stride + static_cast<int32_t>(i);
+}
+
+// level_offsets and the weights f[i] = w - lev, w = v[i] (L - 1).
 template <typename T>
 SAS_FAST_ALWAYS_INLINE void levels_of(const T* __restrict v, int64_t len, int64_t L, int64_t level_stride,
                                       int32_t* __restrict offset, T* __restrict f) {
@@ -24,7 +40,7 @@ SAS_FAST_ALWAYS_INLINE void levels_of(const T* __restrict v, int64_t len, int64_
   const int32_t stride = static_cast<int32_t>(level_stride);
   for (int64_t i = 0; i < len; ++i) {
     const T w = v[i] * scale;
-    const int32_t lev = static_cast<int32_t>(std::min(top, std::max(T(0), w)));
+    const int32_t lev = level_of(w, top);
     offset[i] = lev * stride + static_cast<int32_t>(i);
     f[i] = w - static_cast<T>(lev);
   }
@@ -55,8 +71,8 @@ SAS_FAST_ALWAYS_INLINE void mask_grad_tile_body(const T* __restrict v, const T* 
                                                 const T* __restrict g, int64_t gc, T* __restrict gv,
                                                 int64_t len, int64_t L, int64_t C, int64_t n, T scale) {
   int32_t offset[kTile];
-  T f[kTile], acc[kTile];
-  levels_of(v, len, L, C * n, offset, f);
+  T acc[kTile];
+  level_offsets(v, len, L, C * n, offset);
   for (int64_t i = 0; i < len; ++i) acc[i] = T(0);
   for (int64_t c = 0; c < C; ++c) {
     const T* __restrict lo = p + c * n;
@@ -76,9 +92,8 @@ SAS_FAST_ALWAYS_INLINE void mask_dot_tile_body(const T* __restrict v, const T* _
                                                double* __restrict dv, int64_t len, int64_t L,
                                                int64_t C, int64_t n) {
   int32_t offset[kTile];
-  T f[kTile];
   double dot[kTile];
-  levels_of(v, len, L, C * n, offset, f);
+  level_offsets(v, len, L, C * n, offset);
   for (int64_t i = 0; i < len; ++i) dot[i] = 0.0;
   for (int64_t c = 0; c < C; ++c) {
     const T* __restrict lo = p + c * n;

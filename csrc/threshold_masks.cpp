@@ -24,13 +24,10 @@
 #include <type_traits>
 
 #include "common.h"
+#include "sigmoid_masks.h"
 
 namespace sas_fast {
 namespace {
-
-inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
-
-constexpr int kLanes = 8;  // partial sums of the reductions: pixel i in lane i mod kLanes
 
 // Four lanes of doubles (GCC vector extension, element-wise IEEE operations: the same bits as the
 // scalar code on every ISA). The kLanes lanes are held as two of them, lanes 0-3 and 4-7: 32-byte
@@ -100,18 +97,16 @@ SAS_FAST_ALWAYS_INLINE void scaled_sigmoid_sums_body(const double* __restrict e,
 }
 SAS_FAST_MULTIVERSION(scaled_sigmoid_sums, scaled_sigmoid_sums_body)
 
-// sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image. When |s| (max x - min x) < 1200
-// it is 1 / (1 + e_i exp(s (t - c))) with e_i = exp(-s (x_i - c)), c the mid-range: e_i is
-// computed once per pixel and shared by every area and iteration, so each evaluation costs a
-// division, not an exp (|s (x_i - c)| < 600: no overflow). Otherwise it is evaluated directly.
+// sig_i(t) = sigmoid(s (x_i - t)) over the n pixels of one image (sigmoid_masks.h; e_i computed
+// once per image, shared by every area and iteration).
 template <typename T>
 class Sigmoids {
  public:
   Sigmoids(const T* x, int64_t n, double s, double lo, double hi)
-      : x_(x), n_(n), s_(s), c_(0.5 * (lo + hi)), sig_(n) {
-    if (std::abs(s) * (hi - lo) < 1200) {
+      : sigmoid_(x, s, lo, hi), n_(n), s_(s), sig_(n) {
+    if (sigmoid_.factored()) {
       e_.resize(n);
-      for (int64_t i = 0; i < n; ++i) e_[i] = std::exp(-s * (static_cast<double>(x[i]) - c_));
+      sigmoid_.scales(0, n, e_.data());
     }
   }
 
@@ -119,11 +114,11 @@ class Sigmoids {
   const std::vector<double>& at(double t) {
     if (t == t_) return sig_;
     t_ = t;
-    const double z = s_ * (t - c_);
-    if (!e_.empty() && std::abs(z) < 700) {
-      scaled_sigmoid_sums(e_.data(), std::exp(z), n_, sig_.data(), sums_);
+    double et;
+    if (sigmoid_.factored_at(t, &et)) {
+      scaled_sigmoid_sums(e_.data(), et, n_, sig_.data(), sums_);
     } else {
-      for (int64_t i = 0; i < n_; ++i) sig_[i] = sigmoid(s_ * (static_cast<double>(x_[i]) - t));
+      for (int64_t i = 0; i < n_; ++i) sig_[i] = sigmoid_.direct(i, t);
       area_sums(sig_.data(), n_, sums_);
     }
     return sig_;
@@ -137,9 +132,9 @@ class Sigmoids {
   }
 
  private:
-  const T* x_;
+  MidRangeSigmoid<T> sigmoid_;
   int64_t n_;
-  double s_, c_, t_ = NAN;
+  double s_, t_ = NAN;
   std::vector<double> e_, sig_;
   double sums_[2] = {};  // area_sums of sig_
 };
