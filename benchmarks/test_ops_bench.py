@@ -8,9 +8,7 @@ Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224
 carries in ``extra_info`` (``--benchmark-json``):
 
 - ``cpu_capability`` and ``threads``;
-- ``gb_per_s`` (the ops that move whole ``B x K x H x W`` tensors: ``threshold_masks``,
-  ``pyramid_mask``, ``mask_pipeline``, ``step_pipeline``; ``smooth_softmax_pool`` is bound by
-  its ``exp``):
+- ``gb_per_s`` (every op but ``smooth_softmax_pool``, which is bound by its ``exp``):
   ``bytes_counted`` / minimum time, where ``bytes_counted`` is the size of every tensor the op's
   forward and backward read or write at their interface, each once per pass (inputs, outputs,
   incoming and outgoing gradients; the expanded gradient of a ``sum()`` is a single element and
@@ -168,6 +166,62 @@ def test_threshold_masks(benchmark, case, backend, start):
 
     # forward: schedule in, masks out; backward: masks and their gradient in, schedule's out
     _record(benchmark, run, _nbytes(schedule, weights, weights, weights, schedule))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_solve_thresholds(benchmark, case, backend, start):
+    """The thresholds alone (what ``sas_step`` solves: no masks written, no gradient); ``cold``
+    and ``warm`` as in :func:`test_threshold_masks`."""
+    fn = _fn("solve_thresholds", backend)
+    premask, _, areas = _inputs(*case)
+    schedule = reference.smooth_softmax_pool(premask, case[2]).detach()
+    init = _previous_thresholds(premask, case[2], areas) if start == "warm" else None
+
+    def run():
+        fn(schedule, areas, 20.0, init, tol=1e-4, max_iter=50)
+        _sync()
+
+    thresholds = schedule.new_empty(schedule.shape[0], areas.numel())
+    _record(benchmark, run, _nbytes(schedule, thresholds))  # schedule in, thresholds out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_blur_pyramid(benchmark, case, backend):
+    """The blur pyramid of the images (once per SaS run, no gradient)."""
+    fn = _fn("blur_pyramid", backend)
+    _, images, _ = _inputs(*case)
+
+    def run():
+        fn(images, 8, 20.0 * case[1] / 224)
+        _sync()
+
+    _record(benchmark, run, _nbytes(images) * 9)  # images in, 8 levels out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_masked_images(benchmark, case, backend):
+    """The fused insertion + deletion images straight from schedule and thresholds (masks never
+    stored), forward + backward with the implicit threshold gradient, against the same formula
+    in eager PyTorch."""
+    fn = _fn("masked_images", backend)
+    premask, images, areas = _inputs(*case)
+    schedule = reference.smooth_softmax_pool(premask, case[2]).detach().requires_grad_(True)
+    pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
+    thresholds = reference.solve_thresholds(schedule.detach(), areas, 20.0)
+    b, k, c, (h, w) = premask.shape[0], areas.numel(), images.shape[1], images.shape[-2:]
+    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    mode = ("insertion", "deletion") if backend == "compiled" else "both"  # reference's / dispatcher's
+
+    def run():
+        fn(schedule, thresholds, pyramid, 20.0, mode).backward(upstream)
+        _sync()
+
+    # schedule, thresholds and pyramid in, images out; images' gradient in, schedule's out
+    _record(benchmark, run, _nbytes(schedule, thresholds, pyramid, upstream, upstream, schedule))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
