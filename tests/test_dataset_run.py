@@ -251,6 +251,7 @@ def _one_line_error(capsys, message: str) -> None:
 @pytest.mark.parametrize("extra, message", [
     (["--option", "window=5.0"], "window must be a positive odd integer or None, got 5.0"),
     (["--option", "iterations=3"], "--option iterations=3: use --iterations instead"),
+    (["--option", "preset='fast'"], "--option preset='fast': use --preset instead"),
     (["--option", "trace_iterations=(0,)"], "set by the dataset run itself"),
     (["--iterations", "0"], "iterations must be a positive integer, got 0"),
     (["--model", "tiny_model:make_tuple_output"], "the model must return a tensor of B x classes logits"),
@@ -259,6 +260,25 @@ def test_cli_errors_are_one_line(data, tmp_path, capsys, extra, message):
     assert main(["attribute-dataset", "--images", str(data / "images.npz"), "--out", str(tmp_path / "o"),
                  *CLI_SETTINGS, *extra]) == 2
     _one_line_error(capsys, message)
+
+
+def test_a_preset_keeps_its_iterations_unless_given(monkeypatch):
+    """``--preset fast`` runs the preset's 300 iterations (not a default of the command's own),
+    ``--iterations`` still overrides them, and the run gets every other setting of the preset."""
+    from sas_fast.cli import build_parser
+    from sas_fast.config import PRESETS
+    from sas_fast.dataset import cli as dataset_cli
+    from sas_fast.dataset.run import _check_arguments
+
+    assert _check_arguments(4, None, None, "auto", 4, None, {"preset": "fast"}) == PRESETS["fast"]
+    assert _check_arguments(4, 7, None, "auto", 4, None, {"preset": "fast"}).iterations == 7
+    assert _check_arguments(4, None, None, "auto", 4, None, {}).iterations == PRESETS["default"].iterations
+    calls = []
+    monkeypatch.setattr(dataset_cli, "attribute_dataset", lambda *a, **kw: calls.append(kw))
+    args = build_parser().parse_args(["attribute-dataset", "--images", "x.npz", "--model", MODEL,
+                                      "--out", "o", "--preset", "fast"])
+    assert dataset_cli.run_attribute_dataset(args) == 0
+    assert calls[0]["preset"] == "fast" and calls[0]["iterations"] is None
 
 
 def test_merge_to_an_unwritable_destination_is_one_line(reference, tmp_path, capsys):

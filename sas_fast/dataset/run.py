@@ -71,7 +71,9 @@ def start_workers() -> Workers:
 
 def _check_arguments(batch_size, iterations, precision, targets, chunk_size, max_chunks, sas_options):
     """Validate the arguments (cheap checks first) and return the resolved SaS config."""
-    for name, value in (("batch_size", batch_size), ("iterations", iterations), ("chunk_size", chunk_size)):
+    checked = (("batch_size", batch_size), ("chunk_size", chunk_size)) + \
+        ((("iterations", iterations),) if iterations is not None else ())
+    for name, value in checked:
         if not isinstance(value, int) or value < 1:
             raise DatasetRunError(f"{name} must be a positive integer, got {value!r}")
     if max_chunks is not None and (not isinstance(max_chunks, int) or max_chunks < 0):
@@ -85,7 +87,9 @@ def _check_arguments(batch_size, iterations, precision, targets, chunk_size, max
         raise DatasetRunError(f"option(s) {reserved} are set by the dataset run itself")
     options = {k: v for k, v in sas_options.items() if k not in ("preset", "layer")}
     try:
-        return make_config(sas_options.get("preset", "default"), iterations=iterations, **options)
+        if iterations is not None:
+            options["iterations"] = iterations
+        return make_config(sas_options.get("preset", "default"), **options)
     except (TypeError, ValueError) as err:
         raise DatasetRunError(str(err)) from err
 
@@ -285,7 +289,7 @@ def _report(run: dict, manifest: dict, out: Path) -> str:
 
 
 def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int = 32,
-                      iterations: int = 200, precision: str | None = None, targets: str = "auto",
+                      iterations: int | None = None, precision: str | None = None, targets: str = "auto",
                       seed: int = 0, chunk_size: int = 128, max_chunks: int | None = None,
                       progress: bool | None = None, **sas_options) -> dict:
     """Attribute every image of ``images_src`` with SaS into chunk files under ``out_dir``.
@@ -295,7 +299,8 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
         model_spec: see :mod:`sas_fast.dataset.model_spec`.
         out_dir: output folder (created); rerunning on it resumes the run.
         batch_size: images per :func:`sas_fast.attribute` call.
-        iterations, seed: SaS iterations and pre-mask seed.
+        iterations, seed: SaS iterations (None: the preset's, ``sas_options["preset"]``, 200 for
+            the default) and pre-mask seed.
         precision: None / ``"fp32"``, ``"bf16"`` (the model under bf16 autocast; the
             clean-image scores too), or ``"auto"`` (bf16 where the device computes it natively,
             :mod:`sas_fast.precision`; the manifest records the choice).
@@ -312,6 +317,7 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
     """
     sas_config = _check_arguments(batch_size, iterations, precision, targets, chunk_size, max_chunks,
                                   sas_options)
+    iterations = sas_config.iterations
     source = open_source(images_src)
     if targets == "labels" and source.labels is None:
         raise DatasetRunError(f"{images_src} has no labels: use targets 'predicted'")
