@@ -66,12 +66,28 @@ def _end_scores(objective: Objective, pyramid: torch.Tensor, modes) -> dict:
     return {m: torch.stack([off, on] if m == "insertion" else [on, off], dim=1) for m in modes}
 
 
-def _check_max_seconds(max_seconds) -> None:
-    if max_seconds is None:
-        return
-    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
-            or not math.isfinite(max_seconds) or max_seconds <= 0:
-        raise ValueError(f"max_seconds must be None or a finite number of seconds > 0, got {max_seconds!r}")
+class TimeBudget:
+    """``allows(it)``: whether iteration ``it`` may start, i.e. it is expected to end within
+    ``max_seconds`` of ``start`` (by the mean time of the iterations run since ``loop_start``;
+    the first always starts). ``max_seconds=None``: no budget."""
+
+    def __init__(self, max_seconds: float | None, start: float, device: torch.device):
+        if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                        or not math.isfinite(max_seconds) or max_seconds <= 0):
+            raise ValueError(f"max_seconds must be None or a finite number of seconds > 0, got {max_seconds!r}")
+        self.max_seconds, self.start, self.device = max_seconds, start, device
+        self.loop_start = start
+
+    def begin(self) -> None:
+        self.loop_start = time.perf_counter()
+
+    def allows(self, it: int) -> bool:
+        if self.max_seconds is None or it == 0:
+            return True
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        return now - self.start + (now - self.loop_start) / it <= self.max_seconds
 
 
 def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
@@ -82,12 +98,12 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     See :func:`attribute` for the arguments; ``config`` holds every hyperparameter.
     """
     start = time.perf_counter()
-    _check_max_seconds(max_seconds)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     config.validate()
+    budget = TimeBudget(max_seconds, start, images.device)
     if images.dim() == 4:
         config = config.resolved(*images.shape[-2:])
     check_images(images, config.window or 3)
@@ -129,14 +145,11 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         watch = FiniteWatch(modes, config.iterations, images.device)
         bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                    disable=None if progress is None else not progress)
-        done, loop_start = 0, time.perf_counter()
+        done = 0
+        budget.begin()
         for it in bar:
-            if max_seconds is not None and it > 0:
-                if images.device.type == "cuda":
-                    torch.cuda.synchronize(images.device)
-                now = time.perf_counter()
-                if now - start + (now - loop_start) / it > max_seconds:   # the next one would end late
-                    break
+            if not budget.allows(it):
+                break
             if it in points:
                 snapshots.append(_saliency(premask, config))
             step = iteration()
