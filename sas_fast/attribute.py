@@ -68,7 +68,7 @@ def _end_scores(objective: Objective, pyramid: torch.Tensor, modes) -> dict:
 
 class TimeBudget:
     """``allows(it)``: whether iteration ``it`` may start, i.e. it is expected to end within
-    ``max_seconds`` of ``start`` (by the mean time of the iterations run since ``loop_start``;
+    ``max_seconds`` of ``start`` (by the mean time of the iterations run since ``begin()``;
     the first always starts). ``max_seconds=None``: no budget."""
 
     def __init__(self, max_seconds: float | None, start: float, device: torch.device):
