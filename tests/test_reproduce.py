@@ -123,3 +123,14 @@ def test_imagenet_fast_check_smoke(tmp_path, monkeypatch):
     assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["chelsea"]
     assert rows["fast-imagenet"] == rows["paper-imagenet cut at 1 it."]
+    assert rows["fast-imagenet"]["spearman_vs_fast_imagenet"] == pytest.approx(1.0)
+    # a method added later reuses the stored rows: fast runs alone, and is compared with the maps
+    # computed in its own process only
+    monkeypatch.setitem(config.PRESETS, "fast", config.SaSConfig(iterations=2, area_samples=3))
+    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out), "--methods",
+                                                "paper-imagenet,fast-imagenet,fast"]) == 0
+    again = json.loads(out.read_text())["chelsea"]
+    assert again["fast"]["passes"] == 2 * 6 and "spearman_vs_800" not in again["fast"]
+    assert {k: again[k] for k in rows} == rows
+    with pytest.raises(SystemExit, match="unknown method"):
+        _script("imagenet_fast_check").main(["--methods", "fast,slow", "--out", str(out)])
