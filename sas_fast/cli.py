@@ -96,6 +96,21 @@ def _max_seconds(args) -> float | None:
     return None
 
 
+def _run_sas(args, model, images, target, preset: str, iterations: int, precision, layer=None) -> tuple:
+    """(saliency ``B x H x W``, iterations run) of SaS under ``--max-seconds``; says so when the
+    budget stopped it early."""
+    from . import attribute
+
+    saliency, trace = attribute(model, images, target, preset=preset, iterations=iterations, layer=layer,
+                                backend=args.backend, precision=precision.precision, progress=True,
+                                max_seconds=_max_seconds(args), return_trace=True)
+    ran = len(trace.loss)
+    if ran < iterations:
+        print(f"time budget: stopped after {ran} of {iterations} iterations "
+              f"({int(trace.passes[0])} model passes per image; --max-seconds to change it)")
+    return saliency, ran
+
+
 def _inputs(args):
     """(names, photos, model, images ``B x 3 x 224 x 224``, probabilities, (preset, iterations),
     precision) for --demo or IMAGE...; ``precision`` is ``--precision`` resolved
@@ -118,7 +133,6 @@ def _inputs(args):
 
 def explain(args) -> int:
     """Attribute each photo and write ``<stem>_sas.png`` overlays."""
-    from . import attribute
     from .viz import overlay, save_png
 
     paths = _out_paths(_names(args), args.out)
@@ -136,14 +150,8 @@ def explain(args) -> int:
           f"({passes} model passes per image{budget}), backend {args.backend}, model precision "
           f"{precision.precision} ({precision.reason})")
     start = time.perf_counter()
-    saliency, trace = attribute(model, images, target, preset=preset, iterations=iterations, layer=layer,
-                                backend=args.backend, precision=precision.precision, progress=True,
-                                max_seconds=max_seconds, return_trace=True)
+    saliency, iterations = _run_sas(args, model, images, target, preset, iterations, precision, layer)
     seconds = time.perf_counter() - start
-    if len(trace.loss) < iterations:
-        print(f"time budget: stopped after {len(trace.loss)} of {iterations} iterations "
-              f"({int(trace.passes[0])} model passes per image; --max-seconds to change it)")
-        iterations = len(trace.loss)
     targets = torch.as_tensor(target).expand(len(photos))
     for i, (name, path) in enumerate(zip(names, paths)):
         save_png(path, overlay(photos[i], saliency[i]))
@@ -155,20 +163,18 @@ def explain(args) -> int:
 
 def compare(args) -> int:
     """Figure-5 style grid: each photo, then SaS and the baselines as overlays."""
-    from . import attribute, baselines
+    from . import baselines
     from .viz import attribution_grid
 
     _names(args)
     out = check_writable(args.out or "compare.png")
     names, photos, model, images, probs, (preset, iterations), precision = _inputs(args)
     target = args.target if args.target is not None else probs.argmax(-1)
-    max_seconds, ran = _max_seconds(args), []
+    ran = []
 
     def sas():
-        saliency, trace = attribute(model, images, target, preset=preset, iterations=iterations,
-                                    backend=args.backend, precision=precision.precision, progress=True,
-                                    max_seconds=max_seconds, return_trace=True)
-        ran.append(len(trace.loss))
+        saliency, ran_iterations = _run_sas(args, model, images, target, preset, iterations, precision)
+        ran.append(ran_iterations)
         return saliency
 
     methods = {

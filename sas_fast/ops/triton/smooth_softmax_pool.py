@@ -166,7 +166,7 @@ class SmoothSoftmaxPool(torch.autograd.Function):
     def forward(ctx, premask: torch.Tensor, window: int, beta: float) -> torch.Tensor:
         r = window // 2
         p = premask.detach()[:, 0].contiguous()                      # B x (H+2r) x (W+2r)
-        b, h, w = p.shape[0], p.shape[1] - 2 * r, p.shape[2] - 2 * r
+        h, w = p.shape[1] - 2 * r, p.shape[2] - 2 * r
         taps, acc = _smoothing_taps(window, p), acc_dtype(p.dtype)
         x = window_sum(window_sum(p, taps, 2, 0, w), taps, 1, 0, h)   # B x H x W
         m, e, t = (torch.empty_like(x) for _ in range(3))
