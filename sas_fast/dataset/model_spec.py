@@ -3,7 +3,7 @@
 Syntax (``--model SPEC``):
 
 - ``efficientnet-lite0``: the bundled ImageNet EfficientNet-Lite0 (needs the ``demo`` extra),
-  224-px centre crop.
+  with the ImageNet evaluation crop (short side 256, centre 224 x 224).
 - ``ARCH:DATASET[:MODELS_DIR]``: one of the paper's nets, ``ARCH`` in ``resnet8``, ``vgg16`` and
   ``DATASET`` in ``cifar10``, ``mnist``, weights from ``MODELS_DIR`` (default: the environment
   variable ``SAS_FAST_MODELS_DIR``), e.g. ``resnet8:cifar10:/work/shared/models``. Inputs are
@@ -66,7 +66,7 @@ def _paper_model(arch: str, dataset: str, models_dir: str | None):
 def _efficientnet():
     from ..models import efficientnet_lite0, preprocess_imagenet
 
-    return efficientnet_lite0(), lambda image: preprocess_imagenet(image)[0]
+    return efficientnet_lite0(), lambda image: preprocess_imagenet(image, crop=True)[0]
 
 
 def _import_function(module_name: str, function_name: str):

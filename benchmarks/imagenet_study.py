@@ -1,0 +1,181 @@
+"""The paper's table 2 at ImageNet resolution: SaS and the baselines on real ImageNet photos.
+
+    python benchmarks/imagenet_study.py --methods fast-imagenet,fast --n 64 --threads 1
+    python benchmarks/imagenet_study.py --methods gradient,guided_backprop,grad_cam --n 64
+    python benchmarks/imagenet_study.py --report                     # the table from the rows
+
+Photos: a labelled folder (``labels.csv`` or the ImageFolder layout, :mod:`sas_fast.dataset.sources`;
+default the 500 photos of ``shared/data/imagenet_samples``), the ImageNet evaluation crop (short side
+256, centre 224), the true label as target, the bundled EfficientNet-Lite0. The photo order is a
+fixed seeded permutation (``numpy.random.default_rng(0)``): the evaluation split takes photos from
+its front (``--n`` of them), the calibration split from its back, so the two never meet.
+
+Methods: a SaS preset (``fast-imagenet``, ``fast``, ...; model in ``--precision``, bf16 by default)
+or a baseline of :mod:`sas_fast.baselines` (fp32 model). ``fast-imagenet`` also records the
+default schedule cut short at 12, 25, 50 and 100 iterations (``cut@432`` ... ``cut@3600``,
+``SaSTrace.saliency``) at no extra cost. Every map is scored by the deletion game (SPEC section 5:
+11 ratios, NLI) with the fp32 model, and one JSON row per photo is appended to
+``<out>/<split>_<method>.jsonl`` as soon as it is done (passes, seconds, CPU seconds, Ins, Del,
+Overall, both curves; the method's own row last), so a run can be stopped and resumed at any photo. Maps are kept as
+float16 ``.npy`` under ``--maps`` (not in the repository).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sas_fast
+from sas_fast import baselines
+from sas_fast.config import PRESETS, make_config
+from sas_fast.dataset.sources import open_source
+from sas_fast.evaluate import deletion_game
+from sas_fast.models import efficientnet_lite0, preprocess_imagenet
+from sas_fast.precision import cpu_capability
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+BASELINES = {**baselines.BASELINES, "extremal_perturbation": baselines.extremal_perturbation}
+#: model image-passes per photo of the baselines (IG: its steps; EP: its iterations, one area)
+BASELINE_PASSES = {"gradient": 1, "guided_backprop": 1, "grad_cam": 1, "integrated_gradients": 50,
+                   "extremal_perturbation": 800}
+CUTS = (12, 25, 50, 100)          # iterations of fast-imagenet whose maps are also scored
+
+
+def photo_order(count: int) -> np.ndarray:
+    """The fixed order of the photos: evaluation from the front, calibration from the back."""
+    return np.random.default_rng(0).permutation(count)
+
+
+def split_indices(count: int, split: str, n: int) -> np.ndarray:
+    order = photo_order(count)
+    return order[:n] if split == "evaluation" else order[::-1][:n]
+
+
+def run_method(method: str, model, x: torch.Tensor, label: int, precision: str) -> dict:
+    """``{row name: (map H x W, passes)}`` for one photo ``x`` (``1 x 3 x 224 x 224``)."""
+    if method in BASELINES:
+        return {method: (BASELINES[method](model, x, label)[0], BASELINE_PASSES[method])}
+    trace_iterations = CUTS if method == "fast-imagenet" else ()
+    saliency, trace = sas_fast.attribute(model, x, label, preset=method, precision=precision,
+                                         return_trace=True, trace_iterations=trace_iterations,
+                                         progress=False)
+    out = {method: (saliency[0], int(trace.passes[0]))}
+    per_iteration = make_config(method).passes_per_iteration()
+    for i, it in enumerate(trace.iterations if method == "fast-imagenet" else ()):
+        out[f"cut@{it * per_iteration}"] = (trace.saliency[i][0], it * per_iteration)
+    return out
+
+
+def read_rows(path: Path) -> dict:
+    """``{photo index: row}`` of a rows file (a torn last line, from a killed run, is ignored)."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            rows[row["index"]] = row
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    d = a - b
+    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f} ({int((d > 0).sum())}/{d.size})"
+
+
+def report(out: Path, split: str, reference: str) -> str:
+    """Markdown table of every method in ``out`` on the photos all of them share, with paired
+    differences against ``reference``."""
+    methods = {p.stem[len(split) + 1:]: read_rows(p) for p in sorted(out.glob(f"{split}_*.jsonl"))}
+    methods = {m: rows for m, rows in methods.items() if rows}
+    if not methods:
+        return f"no rows for split {split!r} in {out}\n"
+    common = sorted(set.intersection(*(set(rows) for rows in methods.values())))
+    lines = [f"{split} photos shared by every method: N = {len(common)}", "",
+             f"| method | passes / photo | Ins | Del | Overall ± se | paired Δ vs {reference} (wins) "
+             "| s / photo | CPU-s / photo |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ref = methods.get(reference)
+    for m, rows in sorted(methods.items(), key=lambda kv: -np.mean([kv[1][i]["overall"] for i in common])):
+        o = np.array([rows[i]["overall"] for i in common])
+        ins = np.mean([rows[i]["ins"] for i in common])
+        dele = np.mean([rows[i]["del"] for i in common])
+        vs = paired(o, np.array([ref[i]["overall"] for i in common])) if ref and m != reference else "-"
+        secs = [rows[i]["seconds"] for i in common if rows[i].get("seconds") is not None]
+        cpu = [rows[i]["cpu_seconds"] for i in common if rows[i].get("cpu_seconds") is not None]
+        lines.append(f"| {m} | {rows[common[0]]['passes']} | {ins:.3f} | {dele:.3f} | {o.mean():.3f} ± "
+                     f"{o.std(ddof=1) / np.sqrt(o.size) if o.size > 1 else float('nan'):.3f} | {vs} | "
+                     f"{np.mean(secs) if secs else float('nan'):.1f} | "
+                     f"{np.mean(cpu) if cpu else float('nan'):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=Path, default=SHARED / "data" / "imagenet_samples")
+    ap.add_argument("--methods", default="fast-imagenet,fast")
+    ap.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
+    ap.add_argument("--n", type=int, default=64, help="photos of the split (default 64)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="SaS's model precision")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/imagenet"))
+    ap.add_argument("--maps", type=Path, default=Path("out/imagenet_maps"))
+    ap.add_argument("--report", action="store_true", help="only print the table of --out's rows")
+    ap.add_argument("--reference", default="fast-imagenet")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.out, args.split, args.reference))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in BASELINES and m not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}: a preset {sorted(PRESETS)} or a baseline "
+                         f"{sorted(BASELINES)}")
+    source = open_source(args.images)
+    if source.labels is None:
+        raise SystemExit(f"{args.images} has no labels (labels.csv or ImageFolder layout)")
+    model = efficientnet_lite0()
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = {"cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    for method in methods:
+        path = args.out / f"{args.split}_{method}.jsonl"
+        done = read_rows(path)
+        for index in split_indices(len(source), args.split, args.n).tolist():
+            if index in done:
+                continue
+            x = preprocess_imagenet(source.load(index), crop=True)[0]
+            label = int(source.labels[index])
+            start, cpu_start = time.perf_counter(), time.process_time()
+            maps = run_method(method, model, x, label, args.precision)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            for name, (saliency, passes) in sorted(maps.items(), key=lambda kv: kv[0] == method):
+                game = deletion_game(model, x, saliency[None], label)
+                row = {"index": index, "file": source.name(index), "label": label, "passes": passes,
+                       "seconds": round(seconds, 2) if name == method else None,
+                       "cpu_seconds": round(cpu, 2) if name == method else None,
+                       "ins": game.ins, "del": game.dele, "overall": game.overall,
+                       "insertion": game.insertion[0].tolist(), "deletion": game.deletion[0].tolist(),
+                       "precision": args.precision if name not in BASELINES else "fp32", **machine}
+                (args.maps / name).mkdir(parents=True, exist_ok=True)
+                np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy().astype(np.float16))
+                append_row(args.out / f"{args.split}_{name}.jsonl", row)
+            print(f"{method} photo {index} ({source.name(index)}): Overall "
+                  f"{read_rows(path)[index]['overall']:.3f}, {seconds:.1f} s", flush=True)
+    print(report(args.out, args.split, args.reference))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
