@@ -14,7 +14,7 @@ Methods: a SaS preset (``fast-imagenet``, ``fast``, ...; model in ``--precision`
 or a baseline of :mod:`sas_fast.baselines` (fp32 model). ``fast-imagenet`` also records the
 default schedule cut short at 12, 25, 50 and 100 iterations (``cut@432`` ... ``cut@3600``,
 ``SaSTrace.saliency``) at no extra cost. Every map is scored by the deletion game (SPEC section 5:
-11 ratios, NLI) with the fp32 model, and one JSON row per photo is appended to
+11 ratios, NLI; the map as stored, float16; the noise keyed by the photo's index) with the fp32 model, and one JSON row per photo is appended to
 ``<out>/<split>_<method>.jsonl`` as soon as it is done (passes, seconds, CPU seconds, Ins, Del,
 Overall, both curves; the method's own row last), so a run can be stopped and resumed at any photo. Maps are kept as
 float16 ``.npy`` under ``--maps`` (not in the repository).
@@ -161,7 +161,8 @@ def main(argv=None) -> int:
             maps = run_method(method, model, x, label, args.precision)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             for name, (saliency, passes) in sorted(maps.items(), key=lambda kv: kv[0] == method):
-                game = deletion_game(model, x, saliency[None], label)
+                saliency = saliency.half()            # scored as stored, float16
+                game = deletion_game(model, x, saliency[None].float(), label, image_ids=[index])
                 row = {"index": index, "file": source.name(index), "label": label, "passes": passes,
                        "seconds": round(seconds, 2) if name == method else None,
                        "cpu_seconds": round(cpu, 2) if name == method else None,
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
                        "insertion": game.insertion[0].tolist(), "deletion": game.deletion[0].tolist(),
                        "precision": args.precision if name not in BASELINES else "fp32", **machine}
                 (args.maps / name).mkdir(parents=True, exist_ok=True)
-                np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy().astype(np.float16))
+                np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy())
                 append_row(args.out / f"{args.split}_{name}.jsonl", row)
             print(f"{method} photo {index} ({source.name(index)}): Overall "
                   f"{read_rows(path)[index]['overall']:.3f}, {seconds:.1f} s", flush=True)

@@ -108,7 +108,7 @@ def _job_noise(seed: int, image: int, mode: int, ratio: int, shape) -> torch.Ten
 
 def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target=None,
                   ratios=None, batch_size: int = 64, noise: float = 0.01, seed: int = 0,
-                  solver: str = "auto") -> GameResult:
+                  solver: str = "auto", image_ids=None) -> GameResult:
     """Play the insertion and deletion game of SPEC section 5.
 
     Args:
@@ -123,8 +123,10 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
             ``n = floor(p H W)`` pixels.
         batch_size: game images imputed and classified at once (bounds memory).
         noise: std of the imputation noise; the noise of each game image depends only on
-            ``(seed, image index, mode, ratio index)``, not on ``batch_size``.
+            ``(seed, image id, mode, ratio index)``, not on ``batch_size``.
         solver: NLI solver, see :func:`sas_fast.evaluate.nli.nli_impute`.
+        image_ids: B non-negative integers keying each image's noise (default: its position
+            in ``images``); give dataset indices and an image scores the same in any batch.
 
     Returns:
         :class:`GameResult` with ``B x R`` insertion and deletion curves (float64, CPU).
@@ -142,6 +144,10 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
         torch.as_tensor(ratios, dtype=torch.float64).flatten()
     if ratios.numel() < 1 or not bool(((ratios >= 0) & (ratios <= 1)).all()):
         raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {ratios.tolist()}")
+    ids = list(range(b)) if image_ids is None else \
+        image_ids.tolist() if isinstance(image_ids, (torch.Tensor, np.ndarray)) else list(image_ids)
+    if len(ids) != b or not all(is_int(i) and i >= 0 for i in ids):
+        raise ValueError(f"image_ids must be {b} non-negative integers, got {image_ids!r}")
     counts = [math.floor(float(p) * h * w + 1e-6) for p in ratios]
     images = images.detach()
     ranks = pixel_ranks(saliency.to(images.device), (h, w))
@@ -160,7 +166,7 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
             keep = torch.where(insertion[:, None, None], top, ~top)
             game = nli_impute(images[idx], keep, noise=0.0, solver=solver)
             if noise:
-                eps = torch.stack([_job_noise(seed, i, mode, r, (c, h, w)) for i, mode, r in chunk])
+                eps = torch.stack([_job_noise(seed, ids[i], mode, r, (c, h, w)) for i, mode, r in chunk])
                 game = game + (noise * eps).to(game) * ~keep[:, None]
             prob = torch.softmax(model(game).float(), dim=-1).gather(1, target[idx][:, None])[:, 0]
             for (i, mode, r), v in zip(chunk, prob.double().cpu()):

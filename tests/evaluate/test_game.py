@@ -174,3 +174,20 @@ def test_paired_gap_is_the_mean_and_se_of_per_image_differences():
     assert b.paired_gap(b) == (0.0, 0.0)
     with pytest.raises(ValueError):
         a.paired_gap(GameResult(ratios, torch.zeros(3, 3), torch.zeros(3, 3), torch.zeros(3, dtype=torch.long)))
+
+
+def test_image_ids_key_the_noise_so_an_image_scores_the_same_in_any_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 5)).eval()
+    images, saliency = torch.randn(3, 3, 8, 8), torch.rand(3, 8, 8)
+    batch = deletion_game(model, images, saliency, 1, image_ids=torch.tensor([7, 8, 9]))
+    alone = deletion_game(model, images[1:2], saliency[1:2], 1, image_ids=[8])
+    assert torch.equal(batch.insertion[1], alone.insertion[0])
+    assert torch.equal(batch.deletion[1], alone.deletion[0])
+    by_position = deletion_game(model, images[1:2], saliency[1:2], 1)      # noise of image id 0
+    assert not torch.equal(by_position.deletion[0], alone.deletion[0])
+    with pytest.raises(ValueError, match="image_ids must be 3 non-negative integers"):
+        deletion_game(model, images, saliency, 1, image_ids=[1, 2])
+    with pytest.raises(ValueError, match="image_ids"):
+        deletion_game(model, images, saliency, 1, image_ids=[0, -1, 2])
