@@ -119,6 +119,78 @@ def test_guided_backprop_differs_from_gradient():
     assert not torch.allclose(baselines.guided_backprop(model, x, 0), baselines.gradient(model, x, 0))
 
 
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU")
+def test_guided_backprop_equals_captums_on_nn_relu_models():
+    from captum.attr import GuidedBackprop
+
+    model, x = small_model().eval(), images(2)
+    captum = GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=torch.tensor([1, 2]))
+    assert torch.allclose(baselines.guided_backprop(model, x, [1, 2]), captum.abs().amax(1), atol=1e-6)
+
+
+class ClipNet(nn.Module):
+    """x -> W1 -> ReLU6 (one module, called twice) -> W2 -> F.relu -> W3 -> Tensor.relu -> W4: the
+    activations Captum's module hooks miss."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.w = nn.ParameterList([nn.Parameter(torch.randn(n, m, generator=g, dtype=torch.float64))
+                                   for n, m in ((10, 12), (10, 10), (10, 10), (4, 10))])
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        h = self.act(3 * x.flatten(1) @ self.w[0].T)
+        h = self.act(h @ self.w[1].T)
+        h = F.relu(h @ self.w[2].T).relu()
+        return h @ self.w[3].T
+
+
+def test_guided_backprop_guides_relu6_and_functional_relus_exactly():
+    """Against the guided rule written out layer by layer in float64:
+    g_{l-1} = W_l^T (max(g_l, 0) * [lo < z_l < hi])."""
+    model = ClipNet()
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    w = [p.detach() for p in model.w]
+    z1 = 3 * x.flatten(1) @ w[0].T
+    z2 = z1.clamp(0, 6) @ w[1].T
+    z3 = z2.clamp(0, 6) @ w[2].T
+    assert bool(((z1 > 6) | (z2 > 6)).any()) and bool(((z1 < 0) & (z2 < 0)).any())   # both clips active
+    g = w[3][torch.tensor([0, 3])]                                            # d logit_t / d h3
+    g = (g.clamp(min=0) * (z3 > 0)).clamp(min=0) * (z3 > 0)                   # .relu() after F.relu
+    g = (g @ w[2]).clamp(min=0) * ((z2 > 0) & (z2 < 6))
+    g = (g @ w[1]).clamp(min=0) * ((z1 > 0) & (z1 < 6))
+    expected = (3 * g @ w[0]).view(2, 3, 2, 2).abs().amax(1)
+    got = baselines.guided_backprop(model, x, [0, 3])
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, baselines.gradient(model, x, [0, 3]), rtol=1e-3)
+
+
+def test_guided_backprop_refuses_a_model_without_relus():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="no ReLU, ReLU6 or hardtanh"):
+        baselines.guided_backprop(model, images(1), 0)
+
+
+def test_guided_backprop_guides_every_relu6_of_efficientnet_lite0():
+    models = pytest.importorskip("sas_fast.models")
+    try:
+        model = models.efficientnet_lite0()
+    except ImportError:
+        pytest.skip("the demo extra (EfficientNet-Lite0) is not installed")
+    calls = []
+    for m in model.modules():
+        if isinstance(m, nn.ReLU6):
+            m.register_forward_pre_hook(lambda mod, inp: calls.append(1))
+    guide = baselines._GuidedActivations()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), guide:
+        model(x)
+    assert len(calls) > 30 and guide.calls == len(calls)
+    gbp, grad = baselines.guided_backprop(model, x, 7), baselines.gradient(model, x, 7)
+    assert not torch.allclose(gbp, grad, rtol=0.1)
+
+
 def test_default_target_is_top1():
     model, x = small_model().eval(), images(2)
     top1 = model(x).argmax(1)
