@@ -7,7 +7,7 @@
 
 A method is ``FAMILY@PASSES``: the family's SaS options (:data:`FAMILIES`) with as many iterations
 as fit in PASSES model image-passes per image (forward + input-gradient backward of one masked
-image = 1; ``SaSConfig.passes_per_iteration``). ``default`` is the 200-iteration default; its
+image = 1; ``SaSConfig.passes_per_iteration``; an init map's pass, ``SaSConfig.init_passes``, counts). ``default`` is the 200-iteration default; its
 maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default cut short at
 432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost. ``Gradient``,
 ``Guided BP``, ``IG`` and ``GradCAM`` run the gradient baselines on the same images (1 pass, IG 50).
@@ -51,6 +51,15 @@ FAMILIES = {
     "sample9": {"area_samples": 9},                             # 9 of 18 areas per iteration
     "sample3": {"area_samples": 3},                             # 3 of 18 areas per iteration
     "sample3-cosine": {"area_samples": 3, "lr": 0.1, "lr_decay": "cosine"},
+    # the candidates for 450 passes (1/16 of the default), fixed before their results
+    "sample3-cosine-lr0.2": {"area_samples": 3, "lr": 0.2, "lr_decay": "cosine"},
+    "sample2-cosine": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine"},
+    "sample1-cosine": {"area_samples": 1, "lr": 0.1, "lr_decay": "cosine"},
+    "gradinit-sample3-cosine": {"init": "gradient", "area_samples": 3, "lr": 0.1, "lr_decay": "cosine"},
+    "gbpinit-sample3-cosine": {"init": "guided_backprop", "area_samples": 3, "lr": 0.1, "lr_decay": "cosine"},
+    "gbpinit2-sample3-cosine": {"init": "guided_backprop", "init_scale": 2.0, "area_samples": 3, "lr": 0.1,
+                                "lr_decay": "cosine"},
+    "gbpinit-sample1-cosine": {"init": "guided_backprop", "area_samples": 1, "lr": 0.1, "lr_decay": "cosine"},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
@@ -66,7 +75,8 @@ def method_options(name: str) -> dict:
     if family not in FAMILIES or not passes.isdigit():
         raise SystemExit(f"unknown method {name!r}: use default or FAMILY@PASSES, FAMILY in {list(FAMILIES)}")
     options = dict(FAMILIES[family])
-    options["iterations"] = int(passes) // make_config(**options).passes_per_iteration()
+    config = make_config(**options)
+    options["iterations"] = (int(passes) - config.init_passes()) // config.passes_per_iteration()
     return options
 
 

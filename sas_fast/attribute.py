@@ -21,6 +21,7 @@ from . import ops
 from .checks import FiniteWatch, check_images, guarded_model, model_logits, resolve_layer, resolve_target
 from .config import SaSConfig, make_config
 from .cpu_memory import default_max_batch, tune_malloc
+from .initial import initial_premask
 from .iteration import IterationRunner
 from .precision import resolve_precision
 from .step import Objective, mask_areas, mode_names
@@ -39,7 +40,7 @@ class SaSTrace:
     ``max_seconds``; with ``area_samples``: the unbiased estimate
     of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
     the model image-passes spent on each image (forward + input-gradient backward of one
-    masked image = 1; the one forward pass of the clean image is not counted).
+    masked image = 1; the init map's pass included; the one forward pass of the clean image is not counted).
     """
 
     areas: torch.Tensor
@@ -114,6 +115,9 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     if images.device.type == "cpu":
         tune_malloc()
     layer = resolve_layer(model, layer)
+    if layer is not None and config.init != "noise":
+        raise ValueError(f"init={config.init!r} starts from a class-score map; feature saliency (layer=) "
+                         "needs init='noise'")
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
     images = images.detach()
@@ -133,7 +137,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         r = config.window // 2
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(1, 1, h + 2 * r, w + 2 * r, generator=generator)
-        premask = noise.expand(b, -1, -1, -1).to(images.device, dtype).clone().requires_grad_(True)
+        premask = initial_premask(noise, objective, images, config)
         iteration = IterationRunner(premask, pyramid, objective, config)
 
         modes = mode_names(config.mode)
@@ -167,7 +171,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         saliency = _saliency(premask, config)
     if not return_trace:
         return saliency
-    passes = torch.full((b,), done * config.passes_per_iteration(), dtype=torch.long)
+    passes = torch.full((b,), config.init_passes() + done * config.passes_per_iteration(), dtype=torch.long)
     trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(p for p in points if p < done),
                      scores={m: torch.stack(v) for m, v in recorded.items()},
                      saliency=torch.stack(snapshots), loss=losses[:done] * iteration.sampler.weight,

@@ -14,9 +14,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .checks import check_images, guarded_model, model_logits, resolve_layer, resolve_target
+from .guided import GuidedActivations
 from .models.cifar import Residual
 
 
@@ -38,53 +38,6 @@ def gradient(model: nn.Module, images: torch.Tensor, target=None) -> torch.Tenso
                 .amax(1))
 
 
-class _GuidedClip(torch.autograd.Function):
-    """``clamp(x, lo, hi)`` (ReLU: ``hi = None``) whose backward passes only positive gradients:
-    ``d/dx = [lo < x < hi] * max(grad, 0)`` (Springenberg et al.'s guided rule)."""
-
-    @staticmethod
-    def forward(ctx, x, lo, hi):
-        ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
-        return x.clamp(lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, = ctx.saved_tensors
-        inside = (x > ctx.lo) if ctx.hi is None else (x > ctx.lo) & (x < ctx.hi)
-        return grad.clamp(min=0) * inside, None, None
-
-
-class _GuidedActivations(TorchFunctionMode):
-    """Routes every ReLU-like call of a forward pass through :class:`_GuidedClip`: ``nn.ReLU``,
-    ``nn.ReLU6`` (also a module called several times), ``F.relu`` / ``relu6``, ``torch.relu``,
-    ``Tensor.relu`` and ``F.hardtanh`` with ``min_val = 0``; in-place variants return a new
-    tensor. ``calls`` counts the activations guided."""
-
-    RELU = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        x = args[0] if args else kwargs.get("input")
-        bounds = None
-        if func in self.RELU:
-            bounds = (0.0, None)
-        elif func is F.relu6:
-            bounds = (0.0, 6.0)
-        elif func is F.hardtanh:
-            lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
-            hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-            bounds = (float(lo), float(hi)) if lo == 0 else None
-        if bounds is None or not isinstance(x, torch.Tensor):
-            return func(*args, **kwargs)
-        self.calls += 1
-        return _GuidedClip.apply(x, *bounds)
-
-
 def guided_backprop(model: nn.Module, images: torch.Tensor, target=None) -> torch.Tensor:
     """Guided Backpropagation (Springenberg et al.): the input gradient with every ReLU-like
     activation (``nn.ReLU``, ``nn.ReLU6``, their functional forms, ``hardtanh`` clipping at 0) passing
@@ -92,7 +45,7 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, target=None) -> torc
     that applies no such activation (Guided BP would be the plain gradient)."""
 
     def explain(x, t):
-        guide = _GuidedActivations()
+        guide = GuidedActivations()
         with guide:
             logits = model(x)
         if guide.calls == 0:

@@ -18,6 +18,7 @@ from .checks import is_int, is_real
 MODES = ("insertion", "deletion", "both")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
+INITS = ("noise", "gradient", "guided_backprop")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class SaSConfig:
     threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # safeguarded-Newton iteration cap (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
+    init: str = "noise"           # noise | gradient | guided_backprop: add a one-pass map's Gaussian ranks (ours,
+                                  # sas_fast/initial.py; class saliency only)
+    init_scale: float = 1.0       # weight of that map against the N(0, 1) noise (ours)
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once on
                                   # a GPU, about 4 MiB of them on a CPU: ours, sas_fast/cpu_memory.py; see above)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
@@ -69,6 +73,10 @@ class SaSConfig:
             window = max(3, 2 * math.floor((41 * size / 224 - 1) / 2 + 0.5) + 1)
         max_blur = self.max_blur if self.max_blur is not None else 20.0 * size / 224
         return dataclasses.replace(self, window=window, max_blur=max_blur)
+
+    def init_passes(self) -> int:
+        """Model image-passes per explained image spent before the first iteration (the init map)."""
+        return 0 if self.init == "noise" else 1
 
     def passes_per_iteration(self) -> int:
         """Model image-passes per explained image per iteration (forward + input-gradient backward
@@ -103,6 +111,10 @@ class SaSConfig:
         for name in ("implicit_grad", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        if not (is_real(self.init_scale) and self.init_scale > 0):
+            raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {LR_DECAYS}")
         inner = self.num_masks - 2

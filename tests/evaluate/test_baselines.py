@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sas_fast import baselines
+from sas_fast.guided import GuidedActivations
 from sas_fast.models.cifar import Residual, cbr
 
 pytest.importorskip("captum")
@@ -182,7 +183,7 @@ def test_guided_backprop_guides_every_relu6_of_efficientnet_lite0():
     for m in model.modules():
         if isinstance(m, nn.ReLU6):
             m.register_forward_pre_hook(lambda mod, inp: calls.append(1))
-    guide = baselines._GuidedActivations()
+    guide = GuidedActivations()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), guide:
         model(x)
