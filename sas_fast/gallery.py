@@ -7,7 +7,9 @@ come from and the model spec) and, when ``sas-fast evaluate`` has scored the map
 ``index.html`` and, beside it in ``images/``, two PNGs per image: the image as the model saw
 it and the map overlaid on it. The page lists each image with its class, the model's
 probability of it, Ins / Del / Overall and the game's curves (inline SVG); a click on a
-column head sorts by it (a few lines of plain JavaScript; no server, nothing fetched).
+column head sorts by it (a few lines of plain JavaScript; no server, nothing fetched);
+``index.html?check`` makes the page load every image, sort by Overall and write what it saw
+into ``#check`` (the browser test reads it).
 
 "As the model saw it": the model spec's preprocessing is applied to the image and mapped back
 to [0, 1] per pixel through the preprocessing of an all-black and an all-white image of the
@@ -108,22 +110,29 @@ def _curves_svg(ratios: np.ndarray, insertion: np.ndarray, deletion: np.ndarray)
             f'<polyline class="del" points="{points(deletion)}"/></svg>')
 
 
+def _cell(value: float) -> str:
+    return f"{value:.3f}" if value == value else "&ndash;"      # NaN: not scored
+
+
+def _img(index: int, suffix: str, what: str, width: int) -> str:
+    return (f'<img src="images/{index}{suffix}.png" width="{width}" alt="{what} of image {index}" '
+            'loading="lazy">')
+
+
 def _row(i: int, arrays: dict, game: dict, width: int) -> str:
+    """The table row of the ``i``-th image of ``saliency.npz``."""
     index, name, target = int(arrays["indices"][i]), str(arrays["names"][i]), int(arrays["targets"][i])
     score = float(arrays["clean_scores"][i]) if "clean_scores" in arrays else float("nan")
     label = f" (label {int(arrays['labels'][i])})" if "labels" in arrays else ""
     scored = game.get("rows", {}).get(index)
     ins, dele, overall = ((float(scored[0].mean()), float(scored[1].mean()), scored[2]) if scored
                           else (float("nan"),) * 3)
-    cell = (lambda v: f"{v:.3f}" if v == v else "&ndash;")
     curves = _curves_svg(game["ratios"], scored[0], scored[1]) if scored else ""
-    img = (lambda suffix, what: f'<img src="images/{index}{suffix}.png" width="{width}" '
-                                f'alt="{what} of image {index}" loading="lazy">')
     return (f'<tr data-index="{index}" data-score="{score}" data-ins="{ins}" data-del="{dele}" '
             f'data-overall="{overall}"><td>{index}</td><td>{html.escape(name)}</td>'
-            f'<td>{img("", "picture")}</td><td>{img("_map", "map")}</td><td>{target}{label}</td>'
-            f'<td>{cell(score)}</td><td>{cell(ins)}</td><td>{cell(dele)}</td><td>{cell(overall)}</td>'
-            f'<td>{curves}</td></tr>')
+            f'<td>{_img(index, "", "picture", width)}</td><td>{_img(index, "_map", "map", width)}</td>'
+            f'<td>{target}{label}</td><td>{_cell(score)}</td><td>{_cell(ins)}</td><td>{_cell(dele)}</td>'
+            f'<td>{_cell(overall)}</td><td>{curves}</td></tr>')
 
 
 PAGE = """<!DOCTYPE html>
@@ -175,7 +184,9 @@ if (new URLSearchParams(location.search).has("check")) {{   // self-test: load a
 
 def _summary(config: dict, arrays: dict, game: dict) -> str:
     parts = [f"{len(arrays['indices'])} images of {config['source']['path']}", f"model {config['model']}",
-             f"targets: {config.get('targets', '?')}", f"{config.get('iterations', '?')} SaS iterations"]
+             f"targets: {config['targets']}"]
+    if "iterations" in config:
+        parts.append(f"{config['iterations']} iterations")
     if game:
         overall = np.array([row[2] for row in game["rows"].values()])
         se = overall.std(ddof=1) / np.sqrt(len(overall)) if len(overall) > 1 else float("nan")
@@ -229,7 +240,8 @@ def write_gallery(run_dir, out=None, *, limit: int | None = None, progress: bool
         save_png(out / "images" / f"{index}.png", (255 * picture).round().astype(np.uint8))
         save_png(out / "images" / f"{index}_map.png", overlay(picture, saliency))
         rows.append(_row(i, arrays, game, width))
-    title = f"SaS maps: {html.escape(run_dir.resolve().name)}"
+    method = manifest["config"].get("method", "sas")
+    title = html.escape(f"{'SaS' if method == 'sas' else method} maps: {run_dir.resolve().name}")
     page = PAGE.format(title=title, summary=_summary(manifest["config"], arrays, game), rows="\n".join(rows))
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"

@@ -31,8 +31,9 @@ def _model_device(model: nn.Module, device) -> tuple:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from err
-    if param is not None and (param.device.type != device.type
-                              or device.index not in (None, param.device.index)):
+    if param is not None and device.type == param.device.type and device.index is None:
+        device = param.device                       # "cuda" given, the model on "cuda:1"
+    if param is not None and device != param.device:
         raise ValueError(f"device is {str(device)!r} but the model's parameters are on {param.device}: "
                          "explain does not move the model")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32

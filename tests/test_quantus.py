@@ -4,7 +4,8 @@ explain_func_kwargs, Quantus's own keywords (device) accepted, the same maps as 
 Quantus 0.6.0's own quirks, worked around here: PixelFlipping checks ``features_in_step``
 against H x W but flips C x H x W values one at a time (so a curve has C x H x W /
 features_in_step points); its ``return_auc_per_sample`` calls ``np.trapz`` (gone in numpy 2.4),
-so it is left off; ROAD fails on 3-channel images and is not run.
+so it is left off; ROAD fails on 3-channel images (it indexes C x H x W positions into an H x W
+imputation), so it runs here on a one-channel model.
 """
 import numpy as np
 import pytest
@@ -84,6 +85,16 @@ def test_mprt_randomises_the_model_it_explains(batch, method):
     np.testing.assert_allclose(scores["original"], 1.0, rtol=1e-6)
     assert min(float(np.mean(scores[layer])) for layer in layers) < 0.99
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_road_on_one_channel_images():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = np.random.default_rng(0).random((4, 1, 16, 16), dtype=np.float32)
+    y = model(torch.from_numpy(x)).argmax(-1).numpy()
+    scores = quantus.ROAD(percentages=[10, 40, 70], **QUIET)(model=model, x_batch=x, y_batch=y, device="cpu",
+                                                          explain_func=explain, explain_func_kwargs=SAS)
+    assert sorted(scores) == [10, 40, 70] and all(0 <= v <= 1 for v in scores.values())
 
 
 @pytest.mark.parametrize("call, message", [
