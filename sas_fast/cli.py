@@ -4,7 +4,8 @@
 and writes one heat-map overlay PNG per image, at the photo's own size; ``compare`` writes
 a grid of SaS next to the baselines (paper figure 5); ``attribute-dataset`` and ``merge``
 (:mod:`sas_fast.dataset.cli`) attribute whole datasets, sharded under ``torchrun``
-(``torchrun --nproc-per-node K -m sas_fast.cli attribute-dataset ...``).
+(``torchrun --nproc-per-node K -m sas_fast.cli attribute-dataset ...``); ``gallery``
+(:mod:`sas_fast.gallery`) writes a static HTML page to look at such a run.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from .checks import check_writable
 from .config import PRESETS, PRECISIONS
 from .dataset.cli import add_cli_arguments as add_dataset_commands
+from .gallery import add_cli_arguments as add_gallery_command
 from .ops import BACKENDS
 from .precision import resolve_precision
 
@@ -233,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ep-iterations", type=int, default=800, help="Extremal Perturbation steps (default 800)")
     p.set_defaults(func=compare)
     add_dataset_commands(sub)
+    add_gallery_command(sub)
     return parser
 
 

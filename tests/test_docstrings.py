@@ -7,12 +7,13 @@ import pytest
 import sas_fast
 
 
-@pytest.mark.parametrize("api", [sas_fast.attribute, sas_fast.SaS.attribute],
-                         ids=["sas_fast.attribute", "SaS.attribute"])
-def test_docstring_example_runs_as_shown(api):
+@pytest.mark.parametrize("api, statements", [(sas_fast.attribute, 8), (sas_fast.SaS.attribute, 8),
+                                             (sas_fast.quantus.explain, 4)],
+                         ids=["sas_fast.attribute", "SaS.attribute", "sas_fast.quantus.explain"])
+def test_docstring_example_runs_as_shown(api, statements):
     tests = doctest.DocTestFinder().find(api, api.__qualname__, globs={})
     examples = sum(len(t.examples) for t in tests)
-    assert examples >= 8, f"{api.__qualname__}'s docstring lost its example ({examples} statements)"
+    assert examples >= statements, f"{api.__qualname__}'s docstring lost its example ({examples} statements)"
     runner, report = doctest.DocTestRunner(), []
     for test in tests:
         runner.run(test, out=report.append)
