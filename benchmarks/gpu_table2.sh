@@ -73,7 +73,7 @@ stage_captum | tee "$RESULTS/captum.log"
 if [ "${PIPESTATUS[0]}" = 0 ]; then
     for name in $settings; do
         echo "== $name: baselines =="
-        [ -f "$RESULTS/table2_$name.json" ] && update=(--update) || update=()
+        [ -f "$RESULTS/table2_${name#*_}_${name%_*}.json" ] && update=(--update) || update=()   # SaS's
         run_setting "${name}_baselines" "${name#*_}" "${name%_*}" "$BASELINES" "${update[@]}"
     done
 fi

@@ -33,7 +33,7 @@ def run_once(args) -> dict:
     from sas_fast import attribute
     from sas_fast.models.cifar import load_paper_model
     from sas_fast.models.data import load_npz_dataset
-    from sas_fast.precision import cpu_capability
+    from sas_fast.precision import cpu_capability, resolve_precision
 
     torch.set_num_threads(1)
     model = load_paper_model("resnet8", "cifar10", args.models)
@@ -49,7 +49,8 @@ def run_once(args) -> dict:
     return {"variant": args.variant if args.max_batch is None else f"max_batch={args.max_batch}",
             "max_batch": Counter(calls).most_common(1)[0][0], "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
             "sys_s": after.ru_stime - before.ru_stime, "minor_faults": after.ru_minflt - before.ru_minflt,
-            "cpu_capability": cpu_capability()}
+            "cpu_capability": cpu_capability(),
+            "precision": resolve_precision("auto", images.device, images.dtype).precision}
 
 
 def _child(args, variant: str) -> dict:
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             speed = [seconds(o) / seconds(n) for o, n in zip(old, new)]
             print(f"speed-up old / new, {label} time, per pair: " + ", ".join(f"{s:.2f}x" for s in speed)
                   + f" (median {statistics.median(speed):.2f}x)")
-        print(f"CPU capability {rows[0]['cpu_capability']}")
+        print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} (auto)")
     return 0
 
 

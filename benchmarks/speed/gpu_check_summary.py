@@ -89,7 +89,8 @@ def nli(folder: Path) -> list:
 def conformance(folder: Path) -> list:
     text = (folder / "conformance.log").read_text().splitlines()
     totals = [line.strip("= ") for line in text if re.match(r"^=+ .*\b(passed|failed|skipped|error|deselected)", line)]
-    listed = [line for line in text if re.match(r"^(FAILED|ERROR|SKIPPED)", line)]
+    listed = sorted((line for line in text if re.match(r"^(FAILED|ERROR|SKIPPED)", line)),
+                    key=lambda line: line.startswith("SKIPPED"))                 # failures first
     done = {o: sum(f" {o}" in line for line in text if "::" in line) for o in ("PASSED", "FAILED", "SKIPPED")}
     lines = [f"pytest: {totals[-1]}" if totals else
              "pytest did not finish; finished so far: " + ", ".join(f"{n} {o.lower()}" for o, n in done.items())]
