@@ -56,7 +56,8 @@ start=$SECONDS
 publish() {   # the results so far: archive and summary, each replaced in one move
     $PY benchmarks/speed/gpu_check_summary.py "$WORK" > "$WORK/summary.md" 2> "$WORK/summary.err"
     cp "$WORK/summary.md" "$OUT_DIR/summary.md.part" && mv "$OUT_DIR/summary.md.part" "$OUT_DIR/summary.md"
-    tar czf "$OUT_DIR/gpu_check.tar.gz.part" -C "$WORK" . && mv "$OUT_DIR/gpu_check.tar.gz.part" "$OUT_DIR/gpu_check.tar.gz"
+    tar czf "$OUT_DIR/gpu_check.tar.gz.part" -C "$WORK" . \
+        && mv "$OUT_DIR/gpu_check.tar.gz.part" "$OUT_DIR/gpu_check.tar.gz"
 }
 
 step() {      # step NAME CAP_S COMMAND...: output to NAME.log, a row in steps.tsv, then publish

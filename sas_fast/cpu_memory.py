@@ -74,7 +74,7 @@ def activation_bytes(objective, images: torch.Tensor, bf16: bool = False) -> tup
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         objective.scores(x, torch.zeros(PROBE_IMAGES, dtype=torch.long, device=images.device))
     return sum(saved.values()) // PROBE_IMAGES, max(saved.values(), default=0) // PROBE_IMAGES

@@ -44,18 +44,20 @@ def run_once(args) -> dict:
     calls = []
     model.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    attribute(model, images, labels, iterations=args.iterations, max_batch=max_batch, progress=False)
+    attribute(model, images, labels, iterations=args.iterations, max_batch=max_batch, precision=args.precision,
+              progress=False)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"variant": args.variant if args.max_batch is None else f"max_batch={args.max_batch}",
             "max_batch": Counter(calls).most_common(1)[0][0], "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
             "sys_s": after.ru_stime - before.ru_stime, "minor_faults": after.ru_minflt - before.ru_minflt,
             "cpu_capability": cpu_capability(),
-            "precision": resolve_precision("auto", images.device, images.dtype).precision}
+            "precision": resolve_precision(args.precision, images.device, images.dtype).precision}
 
 
 def _child(args, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--models", args.models, "--data", args.data,
-           "--images", str(args.images), "--iterations", str(args.iterations), "--one"]
+           "--images", str(args.images), "--iterations", str(args.iterations), "--precision", args.precision,
+           "--one"]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
 
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=None, help="one run with this max_batch instead")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the model's (SaSConfig)")
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--models", default="../shared/models")
     ap.add_argument("--data", default="../shared/data")
@@ -81,7 +84,8 @@ def main(argv=None) -> int:
         print(json.dumps(run_once(args)))
         return 0
     variants = ["old", "new"] * args.pairs if args.variant == "both" and args.max_batch is None else [args.variant]
-    print(f"ResNet8, CIFAR-10, {args.images} images of 32 px, {args.iterations} iterations, one thread")
+    print(f"ResNet8, CIFAR-10, {args.images} images of 32 px, {args.iterations} iterations, one thread, "
+          f"precision {args.precision}")
     print("| rule | images per call | wall s | user s | sys s | sys / CPU | minor faults |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     rows = []
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
             speed = [seconds(o) / seconds(n) for o, n in zip(old, new)]
             print(f"speed-up old / new, {label} time, per pair: " + ", ".join(f"{s:.2f}x" for s in speed)
                   + f" (median {statistics.median(speed):.2f}x)")
-        print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} (auto)")
+        print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} ({args.precision})")
     return 0
 
 
