@@ -18,9 +18,16 @@ thread, took 1.0 M page faults and 2.2 s system time next to 2.6-3.1 s user time
   blocks freed after one chunk stay in the heap for the next instead of going back to the kernel.
 
 The former rule, about 4 MiB of masked images per call whatever the model (341 images at 32 px),
-left the paper's ResNet8 (3.2 MiB of saved activations per 32-px image, the largest 0.5 MiB)
-with 87-174 MiB activations, each mapped afresh: ``benchmarks/speed/cpu_batching_ab.py``
-compares the two rules.
+left the paper's ResNet8 (3.2 MiB of saved activations per 32-px image in fp32, the largest
+0.5 MiB; 1.8 and 0.25 MiB in bf16) with activations of 85-170 MiB, each mapped afresh; this rule
+gives 40 images per call in fp32 and 71 in bf16. ``benchmarks/speed/cpu_batching_ab.py``
+(16 images, 5 iterations, one thread, Xeon with AVX-512 + AMX-BF16 shared with other jobs, so
+compare CPU time, not wall time): fp32 4.7 M page faults and 20-26 % system time before, 80 k
+and 1 % after, 1.14-1.30x less CPU time (median of 3 pairs 1.15x); bf16 (``precision="auto"``
+there) 0.8-1.0 M faults and 12-16 % system time before, 90 k and 2 % after, but no faster
+(0.92-0.99x): a model call has a fixed cost (ResNet8, one thread: about 33 ms in bf16, 6 ms of
+it autocast casting the frozen weights again, and 20 ms in fp32), and 9 calls per step instead
+of 2 cost about as much user time as the page faults did.
 """
 from __future__ import annotations
 

@@ -6,10 +6,12 @@ model's measured activation memory (:func:`sas_fast.cpu_memory.default_max_batch
 a fresh process, one thread: ``attribute`` on ``--images`` CIFAR-10 test images for
 ``--iterations`` iterations, timed with ``getrusage`` around the call (wall, user, system time,
 minor page faults). ``--pairs`` pairs run old, new, old, new, ... ; prints one row per run, then
-the medians and the speed-up (old wall / new wall, per pair):
+the speed-up per pair in wall and in CPU time (user + system; the one to read on a shared
+machine) and their medians. ``--precision`` is the model's (``auto``: bf16 where native):
 
-    python benchmarks/speed/cpu_batching_ab.py --models ../shared/models --data ../shared/data
-    python benchmarks/speed/cpu_batching_ab.py --variant old ...   # one run of one rule (or --max-batch N)
+    python benchmarks/speed/cpu_batching_ab.py --models ../shared/models --data ../shared/data --precision fp32
+    python benchmarks/speed/cpu_batching_ab.py --variant old ...     # one run of one rule
+    python benchmarks/speed/cpu_batching_ab.py --max-batch 96 ...    # one run with this max_batch
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def run_once(args) -> dict:
               progress=False)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"variant": args.variant if args.max_batch is None else f"max_batch={args.max_batch}",
-            "max_batch": Counter(calls).most_common(1)[0][0], "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+            "max_batch": Counter(calls).most_common(1)[0][0], "wall_s": wall,
+            "user_s": after.ru_utime - before.ru_utime,
             "sys_s": after.ru_stime - before.ru_stime, "minor_faults": after.ru_minflt - before.ru_minflt,
             "cpu_capability": cpu_capability(),
             "precision": resolve_precision(args.precision, images.device, images.dtype).precision}
@@ -97,11 +100,13 @@ def main(argv=None) -> int:
             json.dump(rows, f, indent=1)
     if len(rows) >= 2 and args.variant == "both":
         old, new = rows[0::2], rows[1::2]
-        for label, seconds in (("wall", lambda r: r["wall_s"]), ("CPU (user + sys)", lambda r: r["user_s"] + r["sys_s"])):
+        for label, seconds in (("wall", lambda r: r["wall_s"]),
+                               ("CPU (user + sys)", lambda r: r["user_s"] + r["sys_s"])):
             speed = [seconds(o) / seconds(n) for o, n in zip(old, new)]
             print(f"speed-up old / new, {label} time, per pair: " + ", ".join(f"{s:.2f}x" for s in speed)
                   + f" (median {statistics.median(speed):.2f}x)")
-        print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} ({args.precision})")
+        print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} "
+              f"({args.precision})")
     return 0
 
 
