@@ -1,93 +1,99 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (torch + triton + pytest already there; installs nothing):
-#   1. every backend on CUDA against the reference (tests/ops/test_backends.py, test_triton.py: CUDA cases) and
-#      whole runs: CUDA-graph iterations vs eager, Triton vs reference (tests/test_cuda_attribute.py);
-#   2. the op benchmarks, reference vs triton: benchmarks/test_ops_bench.py (torch.compile left
-#      out: it compiles for minutes; SAS_GPU_COMPILED=1 includes it);
-#   3. benchmarks/bench_attribute.py: CNN-only vs reference SaS step vs fused SaS step vs the whole
-#      iteration replayed from a CUDA graph,
-#      ResNet8 at 32 px (B = 1 16 128, fp32 and bf16) and VGG16 at 224 px (B = 1 16, fp32 and bf16 models;
-#      SAS_GPU_FULL=1 adds B = 128);
-#   4. benchmarks/bench_nli.py: the batched NLI solver on the GPU vs scipy on the host, per mask;
-#   5. benchmarks/pipeline_graph.py: the mask pipeline alone (forward, a synthetic upstream
-#      gradient, backward, Adam) captured in a CUDA graph, replays timed with CUDA events at 224 px
-#      B = 1 and 32 px B = 128 (K = 20, both modes), the solve's iteration counts (cold, warm), a
-#      torch.profiler kernel table and the ops + launches of one iteration outside the model;
-# then prints the short tables last. Expected 3-5 minutes on an H100; the timeouts add up to 480 s (8 min)
-# at most, and the summary prints whatever finished. At most 10 files go to OUT_DIR.
-#   bash benchmarks/gpu_check.sh [OUT_DIR]        (logs and JSON go to OUT_DIR, default $OUT or /tmp)
+# The GPU check, one prepared script for a CUDA machine with torch + triton + pytest (installs
+# nothing; pytest-xdist used when present). Headline numbers first, then the rest:
+#   pipeline         benchmarks/pipeline_graph.py: the mask pipeline captured in a CUDA graph, ms per
+#                    replay at 224 px B = 1 and 32 px B = 128 (K = 20), solve iterations cold / warm,
+#                    a torch.profiler kernel table (in pipeline.log);
+#   attribute_*      benchmarks/bench_attribute.py: CNN alone vs reference step vs fused step vs the
+#                    whole iteration replayed from a CUDA graph; ResNet8 at 32 px (B = 1 16 128) and
+#                    VGG16 at 224 px (B = 1 16; GPU_CHECK_FULL=1 adds 128), fp32 and bf16 models;
+#   ops              benchmarks/test_ops_bench.py, reference vs triton, inputs drawn on the GPU; one
+#                    JSON line per benchmark as it finishes (ops_rows.jsonl), pipelines first;
+#   nli              benchmarks/bench_nli.py: the batched NLI solver vs scipy, per mask;
+#   conformance      every backend on CUDA against the reference and whole CUDA-graph runs
+#                    (pytest -n auto when pytest-xdist is there; skip and failure reasons shown).
+# Every step has a time cap within a whole-script budget (GPU_CHECK_BUDGET, default 400 s); a step
+# the budget cannot start is recorded as not run. After every step the results so far go to
+# OUT_DIR as two files: gpu_check.tar.gz (every log and JSON) and summary.md (the tables).
+#   bash benchmarks/gpu_check.sh [OUT_DIR]              (default $OUT, else /tmp/sas_gpu_check)
+# GPU_CHECK_REHEARSAL=1 runs the same steps on the CPU (TRITON_INTERPRET=1, tiny sizes, a few
+# interpreter conformance cases) in about a minute: tests/test_gpu_check.py. See benchmarks/GPU.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-/tmp/sas_gpu_check}}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
+BUDGET=${GPU_CHECK_BUDGET:-400}
+REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+OPS_TESTS=(test_step_pipeline test_mask_pipeline test_solve_thresholds test_threshold_masks
+           test_masked_images test_smooth_softmax_pool test_pyramid_mask test_blur_pyramid)
+CONFORMANCE=(tests/ops/test_backends.py tests/ops/test_triton.py tests/test_cuda_attribute.py)
+if [ "$REHEARSAL" = 1 ]; then
+    export TRITON_INTERPRET=1
+    PIPELINE=(--device cpu --backend triton --quick --profile)
+    RESNET8=(--quick --device cpu --fused-backend triton --models resnet8)
+    VGG16=(--quick --device cpu --fused-backend triton --models vgg16 --vgg-size 32)
+    OPS_SELECT="reference and B1-32px" OPS_TIME=(--benchmark-min-rounds=1 --benchmark-max-time=0.01)
+    NLI=(--device cpu --sizes 32 --images 1 --batch 1)
+    CONFORMANCE_SELECT="cuda or (triton and cpu and (warm_start or solve_thresholds_is))"
+else
+    export TRITON_INTERPRET=0
+    vgg_batch=(1 16)
+    [ "${GPU_CHECK_FULL:-0}" = 1 ] && vgg_batch=(1 16 128)
+    PIPELINE=(--cases 224x1 32x128 --iters 50 --repeats 5 --profile)
+    RESNET8=(--models resnet8 --batch 1 16 128 --precision fp32 bf16 --warmup 2 --iters 5)
+    VGG16=(--models vgg16 --batch "${vgg_batch[@]}" --precision fp32 bf16 --warmup 1 --iters 3)
+    OPS_SELECT="not compiled and not cpp" OPS_TIME=(--benchmark-min-rounds=3 --benchmark-max-time=0.1)
+    NLI=(--sizes 224 32 --images 4 --batch 4)
+    CONFORMANCE_SELECT="cuda"
+fi
+XDIST=()
+$PY -c "import xdist" 2>/dev/null && XDIST=(-n auto)
 start=$SECONDS
 
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
-torch.cuda.get_device_name(0))" || exit 1
+publish() {   # the results so far: archive and summary, each replaced in one move
+    $PY benchmarks/speed/gpu_check_summary.py "$WORK" > "$WORK/summary.md" 2> "$WORK/summary.err"
+    cp "$WORK/summary.md" "$OUT_DIR/summary.md.part" && mv "$OUT_DIR/summary.md.part" "$OUT_DIR/summary.md"
+    tar czf "$OUT_DIR/gpu_check.tar.gz.part" -C "$WORK" . \
+        && mv "$OUT_DIR/gpu_check.tar.gz.part" "$OUT_DIR/gpu_check.tar.gz"
+}
 
-echo "== 1. kernels vs reference (compiled) =="
-timeout 160 $PY -m pytest -q -p no:cacheprovider tests/ops/test_backends.py tests/ops/test_triton.py \
-    tests/test_cuda_attribute.py -k "cuda" \
-    -o addopts="" -rfE 2>&1 | tee "$OUT_DIR/test_triton.log"
-tests_rc=${PIPESTATUS[0]}
-echo "tests exit code $tests_rc after $((SECONDS - start)) s"
+step() {      # step NAME CAP_S COMMAND...: output to NAME.log, a row in steps.tsv, then publish
+    local name=$1 cap=$2 left=$((BUDGET - (SECONDS - start))) t0=$SECONDS rc
+    shift 2
+    if [ "$left" -lt 5 ]; then
+        printf '%s\tnot run\t0\t%s\n' "$name" "$cap" >> "$WORK/steps.tsv"
+        echo "== $name: not run (budget spent)"
+    else
+        [ "$cap" -gt "$left" ] && cap=$left
+        echo "== $name (cap $cap s)"
+        timeout -k 5 "$cap" "$@" > "$WORK/$name.log" 2>&1
+        rc=$?
+        printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$cap" >> "$WORK/steps.tsv"
+        echo "   exit code $rc after $((SECONDS - t0)) s (total $((SECONDS - start)) s)"
+    fi
+    publish
+}
 
-echo "== 2. op benchmarks =="
-select="not compiled and not cpp"
-[ "${SAS_GPU_COMPILED:-0}" = 1 ] && select="not cpp"
-timeout 70 $PY -m pytest -q -p no:cacheprovider benchmarks/test_ops_bench.py -k "$select" -o addopts="" \
-    --benchmark-min-rounds=3 --benchmark-max-time=0.3 --benchmark-columns=median,rounds \
-    --benchmark-group-by=param:case --benchmark-json="$OUT_DIR/ops_bench.json" \
-    > "$OUT_DIR/ops_bench.log" 2>&1
-echo "op benchmarks exit code $? after $((SECONDS - start)) s (log: $OUT_DIR/ops_bench.log)"
+printf 'step\texit code\tseconds\tcap s\n' > "$WORK/steps.tsv"
+step env 60 $PY -c "import platform, torch, triton; from sas_fast.precision import cpu_capability
+print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', '| torch', torch.__version__,
+      '| triton', triton.__version__, '| python', platform.python_version(), '| CPU', cpu_capability())"
+step pipeline 70 $PY benchmarks/pipeline_graph.py "${PIPELINE[@]}" --json "$WORK/pipeline.json"
+step attribute_resnet8 70 $PY benchmarks/bench_attribute.py "${RESNET8[@]}" --json "$WORK/attribute_resnet8.json"
+step attribute_vgg16 70 $PY benchmarks/bench_attribute.py "${VGG16[@]}" --json "$WORK/attribute_vgg16.json"
+step ops 90 env PYTHONPATH="$PWD/benchmarks/speed:$PYTHONPATH" BENCH_ROWS="$WORK/ops_rows.jsonl" \
+    $PY -m pytest -p no:cacheprovider -p bench_rows -o addopts="" -rfEs \
+    "${OPS_TESTS[@]/#/benchmarks/test_ops_bench.py::}" -k "$OPS_SELECT" "${OPS_TIME[@]}" \
+    --benchmark-columns=median,rounds --benchmark-group-by=param:case --benchmark-json="$WORK/ops_bench.json"
+step nli 25 $PY benchmarks/bench_nli.py "${NLI[@]}"
+step conformance 180 $PY -m pytest -p no:cacheprovider -o addopts="" -v -rfEs "${XDIST[@]}" \
+    "${CONFORMANCE[@]}" -k "$CONFORMANCE_SELECT" --junitxml="$WORK/conformance.xml"
 
-echo "== 3. SaS step vs CNN =="
-vgg_batch="1 16"
-[ "${SAS_GPU_FULL:-0}" = 1 ] && vgg_batch="1 16 128"
-timeout 80 $PY benchmarks/bench_attribute.py --models resnet8 --batch 1 16 128 --precision fp32 bf16 --warmup 2 --iters 5 \
-    --json "$OUT_DIR/attribute_resnet8.json" > "$OUT_DIR/attribute_resnet8.log" 2>&1
-echo "resnet8 exit code $? after $((SECONDS - start)) s"
-timeout 80 $PY benchmarks/bench_attribute.py --models vgg16 --batch $vgg_batch --precision fp32 bf16 \
-    --warmup 1 --iters 3 \
-    --json "$OUT_DIR/attribute_vgg16.json" > "$OUT_DIR/attribute_vgg16.log" 2>&1
-echo "vgg16 exit code $? after $((SECONDS - start)) s"
-
-echo "== 4. NLI solver =="
-timeout 25 $PY benchmarks/bench_nli.py --sizes 224 32 --images 4 --batch 4 > "$OUT_DIR/nli.log" 2>&1
-echo "nli exit code $? after $((SECONDS - start)) s"
-
-echo "== 5. captured mask pipeline =="
-timeout 65 $PY benchmarks/pipeline_graph.py --cases 224x1 32x128 --iters 50 --repeats 5 --profile \
-    --json "$OUT_DIR/pipeline.json" > "$OUT_DIR/pipeline.log" 2>&1
-echo "pipeline exit code $? after $((SECONDS - start)) s (kernel table: $OUT_DIR/pipeline.log)"
-
-echo
-echo "================ summary ($((SECONDS - start)) s) ================"
-tail -n 1 "$OUT_DIR/test_triton.log"
-$PY - "$OUT_DIR" <<'EOF'
-import json, os, sys
-out = sys.argv[1]
-path = os.path.join(out, "ops_bench.json")
-if os.path.exists(path):
-    med = {}
-    for b in json.load(open(path))["benchmarks"]:
-        op, (batch, size, _) = b["name"].split("[")[0].removeprefix("test_"), b["params"]["case"]
-        med[(op, f"B{batch}-{size}px", b["params"]["backend"])] = b["stats"]["median"] * 1e3
-    print(f"{'op (fwd+bwd)':22} {'case':12} {'reference ms':>13} {'triton ms':>10} {'speed-up':>9}")
-    for (op, case, backend), ms in sorted(med.items()):
-        if backend == "reference":
-            tri = med.get((op, case, "triton"))
-            tri_ms, speed = ("n/a", "") if tri is None else (f"{tri:.3f}", f"{ms / tri:.1f}")
-            print(f"{op:22} {case:12} {ms:13.3f} {tri_ms:>10} {speed:>9}")
-else:
-    print("no op benchmark results")
-EOF
-cat "$OUT_DIR/nli.log"
-grep -E "px B=|Error" "$OUT_DIR/pipeline.log" || true
-for m in resnet8 vgg16; do
-    sed -n '/^device:/,$p' "$OUT_DIR/attribute_$m.log" || true
-    grep -m1 -E "Error|error" "$OUT_DIR/attribute_$m.log" || true
-done
-exit "$tests_rc"
+echo "================ $OUT_DIR/summary.md ($((SECONDS - start)) s) ================"
+cat "$OUT_DIR/summary.md"
+failed=$(awk -F'\t' 'NR > 1 && $2 != "0" { printf " %s", $1 }' "$WORK/steps.tsv")
+rm -rf "$WORK"
+[ -z "$failed" ] || { echo "steps that did not pass:$failed"; exit 1; }

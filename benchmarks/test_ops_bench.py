@@ -115,9 +115,9 @@ def _sync():
 
 def _inputs(b: int, size: int, window: int, k: int = 20):
     r = window // 2
-    g = torch.Generator().manual_seed(0)
-    premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, generator=g).to(DEVICE)
-    images = torch.randn(b, 3, size, size, generator=g).to(DEVICE)
+    g = torch.Generator(DEVICE).manual_seed(0)    # drawn where they are used: no host copies
+    premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, generator=g, device=DEVICE)
+    images = torch.randn(b, 3, size, size, generator=g, device=DEVICE)
     areas = torch.linspace(0, 1, k, device=DEVICE)[1:-1]
     return premask, images, areas
 
@@ -127,9 +127,10 @@ def _previous_thresholds(premask: torch.Tensor, window: int, areas: torch.Tensor
     ``premask`` (+-0.05 per pixel, signs of a smooth field): a warm start as in a SaS run."""
     b, _, hp, wp = premask.shape
     r = window // 2
-    noise = torch.randn(b, 1, hp + 2 * r, wp + 2 * r, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(b, 1, hp + 2 * r, wp + 2 * r, generator=torch.Generator(DEVICE).manual_seed(1),
+                        device=DEVICE)
     with torch.no_grad():
-        before = premask - 0.05 * reference.gaussian_smooth(noise.to(DEVICE), window).sign()
+        before = premask - 0.05 * reference.gaussian_smooth(noise, window).sign()
         return reference.solve_thresholds(reference.smooth_softmax_pool(before, window), areas, 20.0)
 
 
@@ -213,7 +214,7 @@ def test_masked_images(benchmark, case, backend):
     pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
     thresholds = reference.solve_thresholds(schedule.detach(), areas, 20.0)
     b, k, c, (h, w) = premask.shape[0], areas.numel(), images.shape[1], images.shape[-2:]
-    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator(DEVICE).manual_seed(2), device=DEVICE)
     mode = ("insertion", "deletion") if backend == "compiled" else "both"  # reference's / dispatcher's
 
     def run():
@@ -280,7 +281,7 @@ def test_step_pipeline(benchmark, case, backend):
     pyramid = reference.blur_pyramid(images, 8, 20.0 * case[1] / 224)
     warm = _previous_thresholds(premask, case[2], areas)
     b, k, c, (h, w) = premask.shape[0], areas.numel(), images.shape[1], images.shape[-2:]
-    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    upstream = torch.randn(b, 2 * k, c, h, w, generator=torch.Generator(DEVICE).manual_seed(2), device=DEVICE)
     mode = ("insertion", "deletion") if backend == "compiled" else "both"  # reference's / dispatcher's
 
     def run():

@@ -110,8 +110,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     check_images(images, config.window or 3)
     config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device),
                                  precision=resolve_precision(config.precision, images.device,
-                                                             images.dtype).precision,
-                                 max_batch=config.max_batch or default_max_batch(images))
+                                                             images.dtype).precision)
     if images.device.type == "cpu":
         tune_malloc()
     layer = resolve_layer(model, layer)
@@ -131,6 +130,8 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
             logits = model_logits(model, images, args, classifier=layer is None)
         target = resolve_target(target, logits) if layer is None else None
         objective = Objective(model, images, target, layer, args)
+        config = dataclasses.replace(config, max_batch=config.max_batch or default_max_batch(
+            objective, images, config.precision == "bf16"))
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32   # of the masks
         pyramid = ops.blur_pyramid(images.to(dtype), config.levels, config.max_blur, backend=config.backend)
 

@@ -53,7 +53,8 @@ class SaSConfig:
                                   # sas_fast/initial.py; class saliency only)
     init_scale: float = 1.0       # weight of that map against the N(0, 1) noise (ours)
     max_batch: int | None = None  # at most this many masked images per model call (None: all at once on
-                                  # a GPU, about 4 MiB of them on a CPU: ours, sas_fast/cpu_memory.py; see above)
+                                  # a GPU, sized by the model's measured activations on a CPU: ours,
+                                  # sas_fast/cpu_memory.py; see above)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
     precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast + channels-last; masks stay
                                   # fp32); auto: bf16 where the device computes it natively (ours, precision.py)

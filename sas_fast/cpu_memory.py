@@ -1,46 +1,90 @@
 """Model calls on a CPU without page-fault storms: micro-batches and two glibc malloc settings.
 
-A SaS step sends ``M (K - 2) B`` masked images through the model (36 for the demo). PyTorch's
-CPU tensors come straight from ``malloc``, and glibc serves every block above its mmap
-threshold (32 MiB at most) with a fresh ``mmap`` and unmaps it on free, so with all 36 images
-in one call every large activation is mapped, zero-filled page by page and unmapped again, every
-iteration: EfficientNet-Lite0 at 224 px, forward + input gradient of 36 images, one thread,
-took 1.0 M page faults and 2.2 s system time next to 2.6-3.1 s user time per step. Two fixes:
+A SaS step sends ``M (K - 2) B`` masked images through the model (36 for the demo, 576 for 16
+images). PyTorch's CPU tensors come straight from ``malloc``, and glibc serves every block
+above its mmap threshold with a fresh ``mmap`` and unmaps it on free; blocks below it come from
+the heap, whose free top goes back to the kernel once it exceeds the trim threshold. With too
+many images in one call every large activation is mapped, zero-filled page by page and unmapped
+again, every iteration: EfficientNet-Lite0 at 224 px, forward + input gradient of 36 images, one
+thread, took 1.0 M page faults and 2.2 s system time next to 2.6-3.1 s user time per step. Two fixes:
 
-- :func:`default_max_batch`: micro-batches of about :data:`CPU_CHUNK_BYTES` of masked images
-  (6 images at 224 px, 341 at 32 px) keep each activation below 32 MiB and the working set
-  small (peak RSS 0.9 GiB instead of 3.4 GiB); the result does not depend on the chunking;
+- :func:`default_max_batch`: micro-batches sized by the model's measured activation memory
+  (:func:`activation_bytes`, one probe per model, image shape, dtype, precision and layer): each
+  activation the model saves for the backward stays below :data:`MMAP_THRESHOLD` and all of
+  them together below :data:`ACTIVATION_BUDGET`, so a micro-batch's blocks come from the heap
+  and stay there for the next; the result does not depend on the chunking;
 - :func:`tune_malloc`: ``M_MMAP_THRESHOLD`` = 32 MiB (the ceiling glibc's own adaptive
   threshold climbs to) and ``M_TRIM_THRESHOLD`` = 256 MiB (default: at most 64 MiB), so the
   blocks freed after one chunk stay in the heap for the next instead of going back to the kernel.
 
-Together: 0 page faults and 0.0 s system time per step (chunks alone: 0.2 M faults, 0.45 s).
+The former rule, about 4 MiB of masked images per call whatever the model (341 images at 32 px),
+left the paper's ResNet8 (3.2 MiB of saved activations per 32-px image in fp32, the largest
+0.5 MiB; 1.8 and 0.25 MiB in bf16) with activations of 85-170 MiB, each mapped afresh; this rule
+gives 40 images per call in fp32 and 71 in bf16. ``benchmarks/speed/cpu_batching_ab.py``
+(16 images, 5 iterations, one thread, Xeon with AVX-512 + AMX-BF16 shared with other jobs, so
+compare CPU time, not wall time): fp32 4.7 M page faults and 20-26 % system time before, 80 k
+and 1 % after, 1.14-1.30x less CPU time (median of 3 pairs 1.15x); bf16 (``precision="auto"``
+there) 0.8-1.0 M faults and 12-16 % system time before, 90 k and 2 % after, but no faster
+(0.92-0.99x): a model call has a fixed cost (ResNet8, one thread: about 33 ms in bf16, 6 ms of
+it autocast casting the frozen weights again, and 20 ms in fp32), and 9 calls per step instead
+of 2 cost about as much user time as the page faults did.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
+import weakref
 
 import torch
 
-#: masked-image bytes per model call on a CPU when ``max_batch`` is None
-CPU_CHUNK_BYTES = 4 << 20
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`tune_malloc` sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 256 << 20
 #: set to ``0`` to leave glibc's malloc settings alone
 OPT_OUT = "SAS_FAST_TUNE_MALLOC"
 
+#: the most activation memory (bytes) one model call may hold on a CPU: half the trim threshold
+ACTIVATION_BUDGET = TRIM_THRESHOLD // 2
+#: masked images in the probe of :func:`activation_bytes`
+PROBE_IMAGES = 2
+
 _tuned: str | None = None
+_batches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> {probe key: max_batch}
 
 
-def default_max_batch(images: torch.Tensor) -> int | None:
-    """Masked images per model call for ``images`` (``B x C x H x W``, the masked images' dtype)
-    when ``max_batch`` is None: about :data:`CPU_CHUNK_BYTES` on a CPU, all at once elsewhere."""
+def default_max_batch(objective, images: torch.Tensor, bf16: bool = False) -> int | None:
+    """Masked images per model call when ``max_batch`` is None: all at once off the CPU; on a CPU
+    as many as keep every activation the model saves below :data:`MMAP_THRESHOLD` and all of them
+    below :data:`ACTIVATION_BUDGET`. ``objective`` is the run's :class:`sas_fast.step.Objective`,
+    ``images`` the explained images ``B x C x H x W``; measured once per model, image shape,
+    dtype, ``bf16`` (autocast) and feature layer."""
     if images.device.type != "cpu":
         return None
-    return max(1, CPU_CHUNK_BYTES // (images[0].numel() * images.element_size()))
+    key = (tuple(images.shape[1:]), images.dtype, bf16, objective.layer)
+    known = _batches.setdefault(objective.model, {})
+    if key not in known:
+        total, largest = activation_bytes(objective, images, bf16)
+        known[key] = max(1, min(ACTIVATION_BUDGET // max(total, 1), MMAP_THRESHOLD // max(largest, 1)))
+    return known[key]
+
+
+def activation_bytes(objective, images: torch.Tensor, bf16: bool = False) -> tuple:
+    """``(total, largest)`` bytes per masked image of the tensors with a batch dimension that the
+    model's forward saves for the input gradient, from one forward of :data:`PROBE_IMAGES` copies
+    of the first image (no backward; the model sees them like any masked image)."""
+    x = images[:1].expand(PROBE_IMAGES, *images.shape[1:]).clone().requires_grad_(True)
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() > 0 and t.shape[0] == PROBE_IMAGES:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        objective.scores(x, torch.zeros(PROBE_IMAGES, dtype=torch.long, device=images.device))
+    return sum(saved.values()) // PROBE_IMAGES, max(saved.values(), default=0) // PROBE_IMAGES
 
 
 def tune_malloc() -> str:

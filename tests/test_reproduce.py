@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,14 @@ def test_gpu_table2_script_stages_and_runs_on_cpu(tmp_path):
     subprocess.run(["bash", script, "--stage", "resnet8", "mnist"], env=env, check=True)
     assert sorted(p.name for p in (tmp_path / "assets").rglob("*.*")) == ["resnet8_mnist.pt", "test.npz"]
     subprocess.run(["bash", script, str(tmp_path / "out")], env=env, check=True)
-    data = json.loads((tmp_path / "out" / "table2" / "table2_mnist_resnet8.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table2.md", "table2.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "table2.tar.gz") as archive:     # SaS's step, then the baselines'
+        names = set(archive.getnames())
+        data = json.loads(archive.extractfile("./table2_mnist_resnet8.json").read())
+    assert {"./profiles_mnist_resnet8.png", "./resnet8_mnist_sas.log", "./resnet8_mnist_baselines.log"} <= names
     assert sorted(data["results"]) == sorted(["SaS", "Gradient", "Guided BP", "IG", "GradCAM"])
     assert len(data["indices"]) == 2 and "bf16" in data["header"]
+    assert "| SaS |" in (tmp_path / "out" / "table2.md").read_text()
 
 
 def test_fast_sas_study_smoke(tmp_path):
