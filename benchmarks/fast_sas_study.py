@@ -143,30 +143,43 @@ def markdown(data: dict, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def frontier(out: Path, figure: Path, fast: str) -> str:
+def frontier(out: Path, figure: Path, families: str) -> str:
     """The frontier table (markdown) and figure from every ``fast_evaluation_*.json`` in ``out``:
-    Overall against passes for the default cut short and for the family ``fast``."""
+    Overall against passes for the default cut short, for each SaS family in ``families``
+    (comma-separated) and for each baseline run on the same images; then, per setting and SaS
+    budget, the best SaS point against the best baseline with at most that many passes."""
     from sas_fast.viz import plot_frontier
 
-    panels, lines = {}, ["| setting | N | curve | " + " | ".join(["passes: Overall ± se"] * 5) + " |",
-                         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    fams = [f.strip() for f in families.split(",") if f.strip()]
+    panels, lines, checks = {}, ["| setting | N | curve | " + " | ".join(["passes: Overall ± se"] * 5) + " |",
+                                 "| --- | --- | --- | --- | --- | --- | --- | --- |"], []
     for path in sorted(out.glob("fast_evaluation_*.json")):
         results = json.loads(path.read_text())["results"]
         setting = path.stem.replace("fast_evaluation_", "").replace("_", " / ")
-        curves = {"default cut short": [], f"{fast}": []}
+        curves = {"default cut short": [], **{f: [] for f in fams}, **{b: [] for b in BASELINES if b in results}}
         for name, r in results.items():
-            curve = "default cut short" if name == "default" or name.startswith("cut@") else \
-                fast if name.startswith(f"{fast}@") else None
+            curve = ("default cut short" if name == "default" or name.startswith("cut@") else
+                     name if name in BASELINES else name.split("@")[0] if name.split("@")[0] in fams else None)
             if curve is not None:
                 o = np.asarray(r["overall"])
                 curves[curve].append((r["passes"], o.mean(), o.std(ddof=1) / np.sqrt(o.size)))
+        curves = {c: pts for c, pts in curves.items() if pts}
         panels[setting] = curves
         n = len(next(iter(results.values()))["overall"])
         for curve, points in curves.items():
             cells = [f"{p}: {m:.3f} ± {e:.3f}" for p, m, e in sorted(points)]
             lines.append(f"| {setting} | {n} | {curve} | " + " | ".join(cells + [""] * (5 - len(cells))) + " |")
+        sas = [pt for c, pts in curves.items() if c not in BASELINES for pt in pts]
+        base = [(p, m, c) for c in BASELINES if c in curves for p, m, _ in curves[c]]
+        for budget in sorted({p for p, _, _ in sas}):
+            best = max((pt for pt in sas if pt[0] <= budget), key=lambda pt: pt[1])
+            rival = max((pt for pt in base if pt[0] <= budget), key=lambda pt: pt[1], default=None)
+            if rival is not None:
+                checks.append(f"| {setting} | {budget} | {best[1]:.3f} ({best[0]}) | {rival[1]:.3f} ({rival[2]}, "
+                              f"{rival[0]}) | {'SaS' if best[1] > rival[1] else rival[2]} |")
     plot_frontier(panels, figure, "Deletion-game Overall per model image-pass")
-    return "\n".join(lines) + "\n"
+    return ("\n".join(lines) + "\n\n| setting | budget (passes) | best SaS at <= budget (passes) | best baseline at <= budget | ahead |\n| --- | --- | --- | --- | --- |\n"
+            + "\n".join(checks) + "\n")
 
 
 def main(argv=None) -> int:
@@ -187,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--frontier", metavar="FAMILY", help="only draw the frontier of FAMILY against the "
+    ap.add_argument("--frontier", metavar="FAMILIES", help="only draw the frontier of FAMILIES (comma-separated) against the "
                     "default cut short from the evaluation runs in --out (table printed, figure to --figure)")
     ap.add_argument("--figure", type=Path, default=Path("frontier.png"))
     args = ap.parse_args(argv)
