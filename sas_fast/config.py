@@ -13,9 +13,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .checks import is_int, is_real
+from .checks import check_seed, is_int, is_real
 
 MODES = ("insertion", "deletion", "both")
+#: the largest ``beta`` and ``sharpness`` accepted: beyond, the soft-max pool is a hard max and
+#: every mask is binary in float32 (no gradient flows; 1e6 already does this to ``sharpness``
+#: at 32 px, which a run reports as a zero gradient), and ``beta`` near 1e30 overflows
+BETA_MAX = SHARPNESS_MAX = 1e8
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
 INITS = ("noise", "gradient", "guided_backprop")
@@ -104,6 +108,11 @@ class SaSConfig:
         for name in ("lr", "beta", "sharpness", "threshold_tol"):
             if not (is_real(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name, top in (("beta", BETA_MAX), ("sharpness", SHARPNESS_MAX)):
+            if getattr(self, name) > top:
+                raise ValueError(f"{name} must be at most {top:g} (beyond, float32 masks are binary or "
+                                 f"overflow and no gradient flows), got {getattr(self, name)!r}")
+        check_seed(self.seed)
         if self.max_blur is not None and not (is_real(self.max_blur) and self.max_blur >= 0):
             raise ValueError(f"max_blur must be a finite number >= 0 or None, got {self.max_blur!r}")
         if self.threshold_max_iter < 1:
