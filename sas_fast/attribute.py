@@ -154,7 +154,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
         warnings.warn("the model is in train mode; SaS evaluates it in eval mode (BatchNorm, dropout) "
                       "and restores train mode afterwards", stacklevel=3)
 
-    with guarded_model(model), autograd_on(model):
+    with autograd_on(model), guarded_model(model):
         images = outside_inference(images.detach())
         args = tuple(outside_inference(a) for a in args)
         with torch.no_grad():

@@ -24,7 +24,7 @@ from .models.cifar import Residual
 def _run(model: nn.Module, images: torch.Tensor, target, explain):
     """Resolve ``target`` and call ``explain(images, target)`` under the model guard, grads on."""
     check_images(images)
-    with guarded_model(model), autograd_on(model):
+    with autograd_on(model), guarded_model(model):
         images = outside_inference(images.detach())
         with torch.no_grad():
             target = resolve_target(target, model_logits(model, images))

@@ -124,6 +124,11 @@ def model_logits(model: nn.Module, images: torch.Tensor, args: tuple = (), class
     return out
 
 
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
 #: the thread using each module of a guarded model: ``{id(module): (thread id, depth)}``
 _IN_USE: dict = {}
 _IN_USE_LOCK = threading.Lock()
@@ -160,8 +165,7 @@ def guarded_model(model: nn.Module):
     and every parameter's ``requires_grad`` flag are restored exactly on exit. One thread at a
     time: a call from another thread while the model is guarded raises ``RuntimeError`` (and
     leaves the model alone)."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_module(model)
     with _exclusive(model):
         training = [(m, m.training) for m in model.modules()]
         flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -183,6 +187,7 @@ def autograd_on(model: nn.Module):
     the model even when called under ``torch.inference_mode()`` or ``torch.no_grad()``); inputs
     made in inference mode go through :func:`outside_inference`. A model whose parameters or
     buffers are inference tensors cannot be differentiated: ``ValueError``."""
+    _check_module(model)
     if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
         raise ValueError("the model's parameters or buffers were made under torch.inference_mode(), so "
                          "no gradient can flow through them: create or load the model outside it")
