@@ -295,6 +295,13 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,
         paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
 
+    Raises ``ValueError`` naming the argument for a bad input or a run that cannot fit in memory
+    (:mod:`sas_fast.fits`), before any work; ``RuntimeError`` if another thread is using the
+    model. Warns (``RuntimeWarning``, and ``trace.zero_gradient``) when an image's pre-mask got no
+    gradient at all. Nothing process-wide is changed: glibc's malloc settings
+    (:func:`sas_fast.cpu_memory.tune_malloc`) are applied only with ``SAS_FAST_TUNE_MALLOC=1``
+    (the ``sas-fast`` command applies them in its own process).
+
     Example::
 
         >>> import torch
