@@ -102,6 +102,7 @@ class TimeBudget:
 
 
 def _check_flags(return_trace, progress) -> None:
+    """``return_trace`` a bool, ``progress`` a bool or None (a string such as "no" is refused)."""
     if not isinstance(return_trace, bool):
         raise ValueError(f"return_trace must be True or False, got {return_trace!r}")
     if progress is not None and not isinstance(progress, bool):
