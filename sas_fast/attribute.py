@@ -45,9 +45,10 @@ class SaSTrace:
     the model image-passes spent on each image (forward + input-gradient backward of one
     masked image = 1; the init map's pass included; the one forward pass of the clean image is not counted);
     ``zero_gradient`` ``[B]`` bool, True for an image whose pre-mask got a zero gradient in every
-    iteration (its map is the random start; a ``RuntimeWarning`` says so); ``precision`` the model
-    precision used, ``"fp32"`` or ``"bf16"``, and ``precision_reason`` why (``"requested"``, or
-    what ``precision="auto"`` found, see :mod:`sas_fast.precision`).
+    iteration (its map is the random start; a ``RuntimeWarning`` says so; None in a trace made
+    by hand); ``precision`` the model precision used, ``"fp32"`` or ``"bf16"``, and
+    ``precision_reason`` why (``"requested"``, or what ``precision="auto"`` found, see
+    :mod:`sas_fast.precision`).
     """
 
     areas: torch.Tensor
@@ -56,7 +57,7 @@ class SaSTrace:
     saliency: torch.Tensor
     loss: torch.Tensor
     passes: torch.Tensor
-    zero_gradient: torch.Tensor
+    zero_gradient: torch.Tensor | None = None
     precision: str = "fp32"
     precision_reason: str = ""
 
