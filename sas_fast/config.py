@@ -130,7 +130,8 @@ class SaSConfig:
         inner = self.num_masks - 2
         if self.area_samples is not None and (type(self.area_samples) is not int
                                               or self.area_samples < 1 or inner % self.area_samples):
-            divisors = [d for d in range(1, inner + 1) if inner % d == 0]
+            divisors = sorted({d for i in range(1, math.isqrt(inner) + 1) if inner % i == 0
+                               for d in (i, inner // i)})
             raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
                              f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
         if self.precision not in PRECISIONS:

@@ -176,6 +176,12 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(option, message, mo
         attribute(small_net().eval(), images(1, 32), 0, iterations=1, **option)
 
 
+def test_a_huge_num_masks_with_a_bad_area_samples_is_refused_at_once():
+    """The allowed values are listed from the divisors up to the square root, not a loop to 10**9."""
+    with pytest.raises(ValueError, match=r"one of \[1, 2, 4, .*, 250000000, 500000000, 1000000000\] or None, got 3"):
+        make_config(num_masks=10 ** 9 + 2, area_samples=3)
+
+
 def test_a_size_beyond_any_machine_is_refused():
     with pytest.raises(ValueError, match="levels=1000000000 needs .* GiB available: lower levels"):
         attribute(small_net().eval(), images(1, 32), 0, iterations=1, levels=10 ** 9)
