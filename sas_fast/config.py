@@ -113,6 +113,9 @@ class SaSConfig:
             if getattr(self, name) > top:
                 raise ValueError(f"{name} must be at most {top:g} (beyond, the float32 masks are binary or "
                                  f"overflow and hardly any gradient flows), got {getattr(self, name)!r}")
+        if self.threshold_tol >= 1:
+            raise ValueError(f"threshold_tol must be < 1 (area residuals lie in [0, 1], so a larger "
+                             f"tolerance stops the threshold solve before it starts), got {self.threshold_tol!r}")
         check_seed(self.seed)
         if self.max_blur is not None and not (is_real(self.max_blur) and self.max_blur >= 0):
             raise ValueError(f"max_blur must be a finite number >= 0 or None, got {self.max_blur!r}")

@@ -60,4 +60,6 @@ def initial_premask(noise: torch.Tensor, objective: Objective, images: torch.Ten
         shape = gaussian_ranks(init_map(objective, images, config.init, config.precision == "bf16"))
         shape = F.pad(shape[:, None], (r, r, r, r), mode="reflect") if r else shape[:, None]
         premask = premask + config.init_scale * shape.to(premask)
+    if not bool(torch.isfinite(premask).all()):
+        raise ValueError(f"the starting pre-mask is not finite: init_scale={config.init_scale!r} is too large")
     return premask.clone().requires_grad_(True)

@@ -142,10 +142,14 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
     if not (is_real(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     seed = check_seed(seed)
-    ratios = torch.linspace(0, 1, 11, dtype=torch.float64) if ratios is None else \
-        torch.as_tensor(ratios, dtype=torch.float64).flatten()
+    given = ratios
+    try:
+        ratios = torch.linspace(0, 1, 11, dtype=torch.float64) if ratios is None else \
+            torch.as_tensor(ratios, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        ratios = torch.empty(0)
     if ratios.numel() < 1 or not bool(((ratios >= 0) & (ratios <= 1)).all()):
-        raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {ratios.tolist()}")
+        raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {given!r}")
     ids = list(range(b)) if image_ids is None else \
         image_ids.tolist() if isinstance(image_ids, (torch.Tensor, np.ndarray)) else list(image_ids)
     if len(ids) != b or not all(is_int(i) and i >= 0 for i in ids):
