@@ -45,20 +45,23 @@ def _load_photo(path: str) -> np.ndarray:
 
 
 def _out_paths(names: list, out: str | None) -> list:
-    """The overlay PNG of each photo, checked to be writable (before any work is done)."""
-    if out is None:
-        paths = [Path(f"{Path(n).stem}_sas.png") for n in names]
-    elif out.lower().endswith(".png"):
-        if len(names) > 1:
-            raise ValueError(f"--out {out} names one PNG but {len(names)} images were given: give a folder "
-                             "for several images (or leave --out out: <stem>_sas.png each)")
-        paths = [Path(out)]
-    else:
+    """The overlay PNG of each photo, checked to be writable and not shared by two photos (before
+    any work is done); an ``--out`` folder is made only once the names are known to be fine."""
+    folder = out is not None and not out.lower().endswith(".png")
+    if out is not None and not folder and len(names) > 1:
+        raise ValueError(f"--out {out} names one PNG but {len(names)} images were given: give a folder "
+                         "for several images (or leave --out out: <stem>_sas.png each)")
+    paths = [Path(out) if out is not None and not folder else Path(out or ".") / f"{Path(n).stem}_sas.png"
+             for n in names]
+    first = {}
+    for name, path in zip(names, paths):
+        if first.setdefault(path, name) != name:
+            raise ValueError(f"{first[path]} and {name} would both be written to {path}: rename one of them")
+    if folder:
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"cannot create output folder {out}: {err.strerror or err}") from err
-        paths = [Path(out) / f"{Path(n).stem}_sas.png" for n in names]
     return [check_writable(p) for p in paths]
 
 

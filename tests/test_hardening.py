@@ -340,6 +340,17 @@ def test_explain_several_images_into_one_png_is_refused(tmp_path, monkeypatch, c
     assert not (tmp_path / "two.png").exists()
 
 
+@pytest.mark.parametrize("out", [[], ["--out", "maps"]])
+def test_explain_refuses_two_images_that_would_share_an_output(out, tmp_path, monkeypatch, capsys):
+    from sas_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sas_fast.cli._model", lambda name: pytest.fail("the model was loaded"))
+    assert main(["explain", "one/a.png", "two/a.png", *out, "--iterations", "1"]) == 2
+    assert "one/a.png and two/a.png would both be written to" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                   # no --out folder made
+
+
 # --- no process-wide side effects; the precision used on the trace -----------------------------
 
 def test_attribute_tunes_malloc_only_when_asked(monkeypatch):
