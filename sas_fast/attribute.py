@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops
-from .checks import FiniteWatch, check_images, guarded_model, model_logits, resolve_layer, resolve_target
+from .checks import (FiniteWatch, autograd_on, check_images, guarded_model, model_logits, outside_inference,
+                     resolve_layer, resolve_target)
 from .config import SaSConfig, make_config
-from .cpu_memory import default_max_batch, tune_malloc
+from .cpu_memory import OPT_OUT as TUNE_MALLOC, default_max_batch, tune_malloc
+from .fits import check_fits
 from .initial import initial_premask
 from .iteration import IterationRunner
 from .precision import resolve_precision
@@ -40,7 +43,12 @@ class SaSTrace:
     ``max_seconds``; with ``area_samples``: the unbiased estimate
     of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
     the model image-passes spent on each image (forward + input-gradient backward of one
-    masked image = 1; the init map's pass included; the one forward pass of the clean image is not counted).
+    masked image = 1; the init map's pass included; the one forward pass of the clean image is not counted);
+    ``zero_gradient`` ``[B]`` bool, True for an image whose pre-mask got a zero gradient in every
+    iteration (its map is the random start; a ``RuntimeWarning`` says so; None in a trace made
+    by hand); ``precision`` the model precision used, ``"fp32"`` or ``"bf16"``, and
+    ``precision_reason`` why (``"requested"``, or what ``precision="auto"`` found, see
+    :mod:`sas_fast.precision`).
     """
 
     areas: torch.Tensor
@@ -49,6 +57,9 @@ class SaSTrace:
     saliency: torch.Tensor
     loss: torch.Tensor
     passes: torch.Tensor
+    zero_gradient: torch.Tensor | None = None
+    precision: str = "fp32"
+    precision_reason: str = ""
 
 
 def _trace_points(config: SaSConfig) -> list:
@@ -91,6 +102,31 @@ class TimeBudget:
         return now - self.start + (now - self.loop_start) / it <= self.max_seconds
 
 
+def _check_flags(return_trace, progress) -> None:
+    """``return_trace`` a bool, ``progress`` a bool or None (a string such as "no" is refused)."""
+    if not isinstance(return_trace, bool):
+        raise ValueError(f"return_trace must be True or False, got {return_trace!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+
+
+def _resolved(config: SaSConfig, images: torch.Tensor) -> tuple:
+    """(config with window, max_blur, backend and precision filled in, the
+    :class:`~sas_fast.precision.Precision` chosen), after checking the images and that the run's
+    buffers fit in memory (:func:`sas_fast.fits.check_fits`)."""
+    if images.dim() == 4:
+        config = config.resolved(*images.shape[-2:])
+    check_images(images, config.window or 3)
+    if config.precision == "bf16" and images.dtype in (torch.float64, torch.float16):
+        raise ValueError(f"precision='bf16' runs a float32 model under bfloat16 autocast, but the images "
+                         f"are {images.dtype}: use precision='fp32' (or 'auto'), or float32 images and model")
+    precision = resolve_precision(config.precision, images.device, images.dtype)
+    check_fits(config, images, 8 if images.dtype == torch.float64 else 4)
+    config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device),
+                                 precision=precision.precision)
+    return config, precision
+
+
 def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
             config: SaSConfig, return_trace: bool = False, progress: bool | None = None,
             additional_forward_args=None, max_seconds: float | None = None):
@@ -104,14 +140,10 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     config.validate()
+    _check_flags(return_trace, progress)
     budget = TimeBudget(max_seconds, start, images.device)
-    if images.dim() == 4:
-        config = config.resolved(*images.shape[-2:])
-    check_images(images, config.window or 3)
-    config = dataclasses.replace(config, backend=ops.resolve_backend(config.backend, images.device),
-                                 precision=resolve_precision(config.precision, images.device,
-                                                             images.dtype).precision)
-    if images.device.type == "cpu":
+    config, precision = _resolved(config, images)
+    if images.device.type == "cpu" and os.environ.get(TUNE_MALLOC) == "1":
         tune_malloc()
     layer = resolve_layer(model, layer)
     if layer is not None and config.init != "noise":
@@ -119,65 +151,81 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
                          "needs init='noise'")
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
-    images = images.detach()
-    b, _, h, w = images.shape
     if any(m.training for m in model.modules()):
         warnings.warn("the model is in train mode; SaS evaluates it in eval mode (BatchNorm, dropout) "
                       "and restores train mode afterwards", stacklevel=3)
 
-    with guarded_model(model), torch.enable_grad():
+    with autograd_on(model), guarded_model(model):
+        images = outside_inference(images.detach())
+        args = tuple(outside_inference(a) for a in args)
         with torch.no_grad():
             logits = model_logits(model, images, args, classifier=layer is None)
         target = resolve_target(target, logits) if layer is None else None
         objective = Objective(model, images, target, layer, args)
         config = dataclasses.replace(config, max_batch=config.max_batch or default_max_batch(
             objective, images, config.precision == "bf16"))
-        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32   # of the masks
-        pyramid = ops.blur_pyramid(images.to(dtype), config.levels, config.max_blur, backend=config.backend)
-
-        r = config.window // 2
-        generator = torch.Generator().manual_seed(config.seed)
-        noise = torch.randn(1, 1, h + 2 * r, w + 2 * r, generator=generator)
-        premask = initial_premask(noise, objective, images, config)
-        iteration = IterationRunner(premask, pyramid, objective, config)
-
-        modes = mode_names(config.mode)
-        points = set(_trace_points(config)) if return_trace else set()
-        ends = _end_scores(objective, pyramid, modes) if return_trace else None
-        recorded = {m: [] for m in modes}
-        snapshots = []
-        losses = torch.empty(config.iterations, b, device=images.device)
-        watch = FiniteWatch(modes, config.iterations, images.device)
-        bar = tqdm(range(config.iterations), desc="SaS", leave=False,
-                   disable=None if progress is None else not progress)
-        done = 0
-        budget.begin()
-        for it in bar:
-            if not budget.allows(it):
-                break
-            if it in points:
-                snapshots.append(_saliency(premask, config))
-            step = iteration()
-            losses[it].copy_(step.loss)
-            watch.update(it, step.scores, premask)
-            if it in points:
-                for m in modes:
-                    inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
-                    inner[:, iteration.index.to(images.device)] = step.scores[m]
-                    recorded[m].append(torch.cat([ends[m][:, :1], inner, ends[m][:, 1:]], 1))
-            done += 1
-        bar.close()
-        if done < config.iterations:
-            watch.check()
-        saliency = _saliency(premask, config)
+        saliency, trace = _optimise(objective, images, config, budget, return_trace, progress)
     if not return_trace:
         return saliency
-    passes = torch.full((b,), config.init_passes() + done * config.passes_per_iteration(), dtype=torch.long)
-    trace = SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(p for p in points if p < done),
-                     scores={m: torch.stack(v) for m, v in recorded.items()},
-                     saliency=torch.stack(snapshots), loss=losses[:done] * iteration.sampler.weight,
-                     passes=passes)
+    trace.precision, trace.precision_reason = precision
     return saliency, trace
+
+
+def _optimise(objective: Objective, images: torch.Tensor, config: SaSConfig, budget: TimeBudget,
+              return_trace: bool, progress: bool | None) -> tuple:
+    """(saliency, :class:`SaSTrace` or None): the pre-mask's start and the iterations of the run."""
+    b, _, h, w = images.shape
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32   # of the masks
+    pyramid = ops.blur_pyramid(images.to(dtype), config.levels, config.max_blur, backend=config.backend)
+    r = config.window // 2
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = torch.randn(1, 1, h + 2 * r, w + 2 * r, generator=generator)
+    premask = initial_premask(noise, objective, images, config)
+    iteration = IterationRunner(premask, pyramid, objective, config)
+
+    modes = mode_names(config.mode)
+    points = set(_trace_points(config)) if return_trace else set()
+    ends = _end_scores(objective, pyramid, modes) if return_trace else None
+    recorded = {m: [] for m in modes}
+    snapshots, losses = [], []
+    moved = torch.zeros(b, dtype=torch.bool, device=images.device)   # a non-zero gradient seen, per image
+    watch = FiniteWatch(modes, config.iterations, images.device)
+    bar = tqdm(range(config.iterations), desc="SaS", leave=False,
+               disable=None if progress is None else not progress)
+    budget.begin()
+    for it in bar:
+        if not budget.allows(it):
+            break
+        if it in points:
+            snapshots.append(_saliency(premask, config))
+        step = iteration()
+        losses.append(step.loss.clone())
+        moved |= premask.grad.flatten(1).ne(0).any(1)
+        watch.update(it, step.scores, premask)
+        if it in points:
+            for m in modes:
+                inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
+                inner[:, iteration.index.to(images.device)] = step.scores[m]
+                recorded[m].append(torch.cat([ends[m][:, :1], inner, ends[m][:, 1:]], 1))
+    bar.close()
+    done = len(losses)
+    if done < config.iterations:
+        watch.check()
+    zero_gradient = ~moved.cpu()
+    if bool(zero_gradient.any()):
+        warnings.warn(f"image(s) {zero_gradient.nonzero().flatten().tolist()} got a zero gradient in every "
+                      f"one of {done} iterations: the model's score does not depend on the masked image "
+                      f"(or sharpness={config.sharpness:g} makes every mask binary), so their map is the "
+                      "random start, not an explanation", RuntimeWarning, stacklevel=4)
+    saliency = _saliency(premask, config)
+    if not return_trace:
+        return saliency, None
+    passes = torch.full((b,), config.init_passes() + done * config.passes_per_iteration(), dtype=torch.long)
+    return saliency, SaSTrace(areas=mask_areas(config.num_masks), iterations=sorted(p for p in points if p < done),
+                              scores={m: torch.stack(v) for m, v in recorded.items()},
+                              saliency=torch.stack(snapshots),
+                              loss=torch.stack(losses) * iteration.sampler.weight, passes=passes,
+                              zero_gradient=zero_gradient)
 
 
 def _saliency(premask: torch.Tensor, config: SaSConfig) -> torch.Tensor:
@@ -249,6 +297,13 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
     Returns:
         ``B x H x W`` float32 in [0, 1] on the images' device (min-max normalised schedule,
         paper eq. 8); with ``return_trace`` a tuple ``(saliency, trace)``.
+
+    Raises ``ValueError`` naming the argument for a bad input or a run that cannot fit in memory
+    (:mod:`sas_fast.fits`), before any work; ``RuntimeError`` if another thread is using the
+    model. Warns (``RuntimeWarning``, and ``trace.zero_gradient``) when an image's pre-mask got no
+    gradient at all. Nothing process-wide is changed: glibc's malloc settings
+    (:func:`sas_fast.cpu_memory.tune_malloc`) are applied only with ``SAS_FAST_TUNE_MALLOC=1``
+    (the ``sas-fast`` command applies them in its own process).
 
     Example::
 

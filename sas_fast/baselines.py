@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_images, guarded_model, model_logits, resolve_layer, resolve_target
+from .checks import (autograd_on, check_images, guarded_model, is_int, is_real, model_logits, outside_inference,
+                     resolve_layer, resolve_target)
 from .guided import GuidedActivations
 from .models.cifar import Residual
 
@@ -23,11 +24,18 @@ from .models.cifar import Residual
 def _run(model: nn.Module, images: torch.Tensor, target, explain):
     """Resolve ``target`` and call ``explain(images, target)`` under the model guard, grads on."""
     check_images(images)
-    with guarded_model(model), torch.enable_grad():
+    with autograd_on(model), guarded_model(model):
+        images = outside_inference(images.detach())
         with torch.no_grad():
-            target = resolve_target(target, model_logits(model, images.detach()))
-        x = images.detach().clone().requires_grad_(True)
+            target = resolve_target(target, model_logits(model, images))
+        x = images.clone().requires_grad_(True)
         return explain(x, target).detach().float()
+
+
+def _check_count(name: str, value, low: int = 1, none: bool = False) -> None:
+    """``value``: an integer >= ``low`` (or None if ``none``), else ``ValueError`` naming it."""
+    if not ((none and value is None) or (is_int(value) and value >= low)):
+        raise ValueError(f"{name} must be an integer >= {low}{' or None' if none else ''}, got {value!r}")
 
 
 def gradient(model: nn.Module, images: torch.Tensor, target=None) -> torch.Tensor:
@@ -63,6 +71,11 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, target=None, n_
     input space, as the game's fully removed image), ``n_steps`` Gauss-Legendre steps:
     ``sum_c |IG_c|`` over channels."""
     from captum.attr import IntegratedGradients
+
+    _check_count("n_steps", n_steps)
+    _check_count("internal_batch_size", internal_batch_size, none=True)
+    if not is_real(baseline):
+        raise ValueError(f"baseline must be a finite number, got {baseline!r}")
 
     def explain(x, t):
         return IntegratedGradients(model).attribute(x, baselines=baseline, target=t, n_steps=n_steps,
@@ -124,6 +137,13 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target=None, a
     Needs ``pip install --no-deps torchray`` (its own requirements include torchvision, which this
     function does not use); raises ``ImportError`` without it.
     """
+    _check_count("max_iter", max_iter)
+    _check_count("step", step, none=True)
+    if sigma is not None and not (is_real(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0 or None, got {sigma!r}")
+    areas = list(areas) if isinstance(areas, (list, tuple)) else [areas]
+    if not areas or not all(is_real(a) and 0 < a <= 1 for a in areas):
+        raise ValueError(f"areas must be numbers in (0, 1], at least one, got {areas!r}")
     if not HAS_TORCHRAY:
         raise ImportError("extremal_perturbation needs TorchRay: pip install --no-deps torchray")
     with warnings.catch_warnings():
@@ -142,7 +162,7 @@ def extremal_perturbation(model: nn.Module, images: torch.Tensor, target=None, a
         for i in tqdm(range(len(x)), desc="EP", disable=not progress):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="torch.meshgrid")
-                masks, _ = torchray_ep(net, x[i:i + 1].detach().float(), int(t[i]), areas=list(areas),
+                masks, _ = torchray_ep(net, x[i:i + 1].detach().float(), int(t[i]), areas=areas,
                                        max_iter=max_iter, step=step, sigma=sigma)
             maps.append(masks.mean(0)[0])
         return torch.stack(maps)

@@ -1,7 +1,8 @@
 """Input checks shared by :func:`sas_fast.attribute`, :mod:`sas_fast.baselines` and the
 deletion game: every bad input gets one ``ValueError`` naming the argument, the value and
 what is allowed, before any work is done; the guard that puts the caller's model in eval
-mode with frozen parameters and restores it; and a watch for non-finite scores during a SaS run.
+mode with frozen parameters and restores it (and refuses a second thread on a model in use);
+and a watch for non-finite scores during a SaS run.
 """
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import contextlib
 import math
 import numbers
 import tempfile
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 #: on CUDA the non-finite watch reads its flags back (a host sync) every this many iterations
 #: and after the last one; on CPU it checks every iteration (no device to wait for)
 FINITE_CHECK_EVERY = 25
+#: seeds are 64-bit unsigned integers (what ``torch.Generator.manual_seed`` and NumPy's
+#: ``SeedSequence`` both take)
+SEED_MAX = 2 ** 64 - 1
 
 
 def is_int(value) -> bool:
@@ -27,6 +33,13 @@ def is_int(value) -> bool:
 def is_real(value) -> bool:
     """A finite real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int, after checking it is an integer in ``[0, SEED_MAX]``."""
+    if not is_int(seed) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer in [0, 2**64 - 1], got {seed!r}")
+    return int(seed)
 
 
 def check_images(images, window: int | None = None) -> None:
@@ -100,27 +113,91 @@ def model_logits(model: nn.Module, images: torch.Tensor, args: tuple = (), class
     if out.dim() != 2 or out.shape[0] != b:
         raise ValueError(f"the model must return B x classes logits, got shape {tuple(out.shape)} "
                          f"for {b} image(s); reshape its output to ({b}, classes)")
+    if not out.is_floating_point():
+        raise ValueError(f"the model must return real floating-point logits, got dtype {out.dtype}")
+    if out.shape[1] == 0:
+        raise ValueError(f"the model returned 0 classes (logits of shape {tuple(out.shape)}): nothing "
+                         "to explain")
     if not bool(torch.isfinite(out).all()):
         raise ValueError("the model's output on the images contains NaN or Inf")
     return out
 
 
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+#: the thread using each module of a guarded model: ``{id(module): (thread id, depth)}``
+_IN_USE: dict = {}
+_IN_USE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _exclusive(model: nn.Module):
+    """Marks every module of ``model`` as used by this thread for the duration (nesting in one
+    thread is allowed); raises ``RuntimeError`` if another thread is using any of them."""
+    me, modules = threading.get_ident(), [id(m) for m in model.modules()]
+    with _IN_USE_LOCK:
+        if any(_IN_USE.get(k, (me,))[0] != me for k in modules):
+            raise RuntimeError(f"the model ({type(model).__name__} at {id(model):#x}) is in use by another "
+                               "thread (an attribution or game runs on it): sas_fast switches it to "
+                               "eval mode and freezes its parameters while it runs, so concurrent calls "
+                               "on one model are refused; use one model copy per thread")
+        for k in modules:
+            _IN_USE[k] = (me, _IN_USE.get(k, (me, 0))[1] + 1)
+    try:
+        yield
+    finally:
+        with _IN_USE_LOCK:
+            for k in modules:
+                depth = _IN_USE[k][1] - 1
+                if depth:
+                    _IN_USE[k] = (me, depth)
+                else:
+                    del _IN_USE[k]
+
+
 @contextlib.contextmanager
 def guarded_model(model: nn.Module):
     """Eval mode with frozen parameters for the duration; every module's ``training`` flag
-    and every parameter's ``requires_grad`` flag are restored exactly on exit."""
-    training = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, t in training:
-            m.training = t
-        for p, f in flags:
-            p.requires_grad_(f)
+    and every parameter's ``requires_grad`` flag are restored exactly on exit. One thread at a
+    time: a call from another thread while the model is guarded raises ``RuntimeError`` (and
+    leaves the model alone)."""
+    _check_module(model)
+    with _exclusive(model):
+        training = [(m, m.training) for m in model.modules()]
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for m, t in training:
+                m.training = t
+            for p, f in flags:
+                p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def autograd_on(model: nn.Module):
+    """Gradients on and ``torch.inference_mode`` off for the duration (attributions differentiate
+    the model even when called under ``torch.inference_mode()`` or ``torch.no_grad()``); inputs
+    made in inference mode go through :func:`outside_inference`. A model whose parameters or
+    buffers are inference tensors cannot be differentiated: ``ValueError``."""
+    _check_module(model)
+    if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise ValueError("the model's parameters or buffers were made under torch.inference_mode(), so "
+                         "no gradient can flow through them: create or load the model outside it")
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def outside_inference(value):
+    """``value``, or a normal copy of it if it is a tensor made under ``torch.inference_mode()``
+    (call inside :func:`autograd_on`)."""
+    return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
 
 
 def resolve_layer(model: nn.Module, layer):
@@ -139,6 +216,31 @@ def resolve_layer(model: nn.Module, layer):
     return layer
 
 
+def _target_values(target) -> torch.Tensor:
+    """``target`` (not None) as a 1-D int64 CPU tensor, or ``ValueError`` naming what it is."""
+    allowed = "None, an int, a list of ints (one per image) or an integer tensor"
+    if isinstance(target, torch.Tensor):
+        if target.device.type == "meta":
+            raise ValueError("target is on the 'meta' device, which holds no values; give class indices "
+                             "on 'cpu' or the images' device")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must be integer class indices ({allowed}), got dtype {target.dtype}")
+        return target.detach().to("cpu", torch.long).flatten()
+    if isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise ValueError(f"target must be integer class indices ({allowed}), got dtype {target.dtype}")
+        target = target.ravel().tolist()
+    values = list(target) if isinstance(target, (list, tuple)) else [target]
+    values = [v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type != "meta"
+              and not (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool) else v for v in values]
+    bad = [v for v in values if not is_int(v)]
+    if bad:
+        raise ValueError(f"target must be {allowed}, got {type(target).__name__} {target!r}")
+    if any(not -2 ** 63 <= v < 2 ** 63 for v in values):
+        raise ValueError(f"target {values} out of range: class indices are small non-negative integers")
+    return torch.tensor(values, dtype=torch.long)
+
+
 def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     """LongTensor[B] from an int, a list / tuple of B ints, a tensor of B (or one) ints, or None
     (top-1 of ``logits``), range-checked. As in Captum, a list must have one entry per
@@ -146,22 +248,17 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     b, classes = logits.shape[0], logits.shape[-1]
     if target is None:
         return logits.argmax(dim=-1)
-    if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.is_floating_point()):
-        raise ValueError(f"target must be integer class indices, got {target!r}")
     if isinstance(target, (list, tuple)) and len(target) != b:
         raise ValueError(f"target is a list of {len(target)} entries for a batch of {b} images: give "
                          "one class per image, or an int for all")
-    t = torch.as_tensor(target)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise ValueError(f"target must be integer class indices, got dtype {t.dtype}")
-    t = t.to(torch.long).flatten().to(logits.device)
+    t = _target_values(target)
     if t.numel() == 1:
         t = t.expand(b)
     if t.numel() != b:
         raise ValueError(f"target has {t.numel()} entries for a batch of {b} images")
     if bool(((t < 0) | (t >= classes)).any()):
         raise ValueError(f"target {t.tolist()} out of range for a model with {classes} classes")
-    return t.clone()
+    return t.to(logits.device).clone()
 
 
 class FiniteWatch:

@@ -19,6 +19,7 @@ import torch
 
 from .checks import check_writable
 from .config import PRESETS, PRECISIONS
+from .cpu_memory import tune_malloc
 from .dataset.cli import add_cli_arguments as add_dataset_commands
 from .gallery import add_cli_arguments as add_gallery_command
 from .ops import BACKENDS
@@ -44,17 +45,23 @@ def _load_photo(path: str) -> np.ndarray:
 
 
 def _out_paths(names: list, out: str | None) -> list:
-    """The overlay PNG of each photo, checked to be writable (before any work is done)."""
-    if out is None:
-        paths = [Path(f"{Path(n).stem}_sas.png") for n in names]
-    elif len(names) == 1 and out.lower().endswith(".png"):
-        paths = [Path(out)]
-    else:
+    """The overlay PNG of each photo, checked to be writable and not shared by two photos (before
+    any work is done); an ``--out`` folder is made only once the names are known to be fine."""
+    folder = out is not None and not out.lower().endswith(".png")
+    if out is not None and not folder and len(names) > 1:
+        raise ValueError(f"--out {out} names one PNG but {len(names)} images were given: give a folder "
+                         "for several images (or leave --out out: <stem>_sas.png each)")
+    paths = [Path(out) if out is not None and not folder else Path(out or ".") / f"{Path(n).stem}_sas.png"
+             for n in names]
+    first = {}
+    for name, path in zip(names, paths):
+        if first.setdefault(path, name) != name:
+            raise ValueError(f"{first[path]} and {name} would both be written to {path}: rename one of them")
+    if folder:
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"cannot create output folder {out}: {err.strerror or err}") from err
-        paths = [Path(out) / f"{Path(n).stem}_sas.png" for n in names]
     return [check_writable(p) for p in paths]
 
 
@@ -67,11 +74,14 @@ def _model(name: str):
 
 
 def _names(args) -> list:
-    """The photo names of --demo or IMAGE..., after checking --iterations and --max-seconds."""
+    """The photo names of --demo or IMAGE..., after checking --iterations, --max-seconds and
+    (compare) --ep-iterations."""
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
     if args.max_seconds is not None and not 0 < args.max_seconds < float("inf"):
         raise ValueError(f"--max-seconds must be a number of seconds > 0, got {args.max_seconds}")
+    if getattr(args, "ep_iterations", 1) < 1:
+        raise ValueError(f"--ep-iterations must be >= 1, got {args.ep_iterations}")
     if args.demo:
         return [f"{DEMO_PHOTO}.png"]
     if not args.images:
@@ -250,8 +260,12 @@ def run_command(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Run the command; a bad input is one line ``sas-fast: ...`` on stderr, exit status 2."""
-    return run_command(build_parser().parse_args(argv))
+    """Run the command; a bad input is one line ``sas-fast: ...`` on stderr, exit status 2.
+    The process is the command's own, so glibc's malloc is tuned for CPU model calls
+    (:func:`sas_fast.cpu_memory.tune_malloc`; ``SAS_FAST_TUNE_MALLOC=0`` leaves it alone)."""
+    args = build_parser().parse_args(argv)
+    tune_malloc()
+    return run_command(args)
 
 
 if __name__ == "__main__":

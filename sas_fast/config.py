@@ -13,9 +13,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .checks import is_int, is_real
+from .checks import check_seed, is_int, is_real
 
 MODES = ("insertion", "deletion", "both")
+#: the largest ``beta`` and ``sharpness`` accepted. ``beta``: at 1e8 the soft-max pool is already
+#: a hard max in float32, and near 1e30 it overflows. ``sharpness``: every mask is binary in
+#: float32 well before 1e6; at 32 px the pre-mask's gradient falls from 0.3-1.1 (max abs) at
+#: 1e5 to 3e-10-1e-5 at 1e6 (only the implicit threshold term is left)
+BETA_MAX, SHARPNESS_MAX = 1e8, 1e5
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
 INITS = ("noise", "gradient", "guided_backprop")
@@ -105,6 +110,14 @@ class SaSConfig:
         for name in ("lr", "beta", "sharpness", "threshold_tol"):
             if not (is_real(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name, top in (("beta", BETA_MAX), ("sharpness", SHARPNESS_MAX)):
+            if getattr(self, name) > top:
+                raise ValueError(f"{name} must be at most {top:g} (beyond, the float32 masks are binary or "
+                                 f"overflow and hardly any gradient flows), got {getattr(self, name)!r}")
+        if self.threshold_tol >= 1:
+            raise ValueError(f"threshold_tol must be < 1 (area residuals lie in [0, 1], so a larger "
+                             f"tolerance stops the threshold solve before it starts), got {self.threshold_tol!r}")
+        check_seed(self.seed)
         if self.max_blur is not None and not (is_real(self.max_blur) and self.max_blur >= 0):
             raise ValueError(f"max_blur must be a finite number >= 0 or None, got {self.max_blur!r}")
         if self.threshold_max_iter < 1:
@@ -121,7 +134,8 @@ class SaSConfig:
         inner = self.num_masks - 2
         if self.area_samples is not None and (type(self.area_samples) is not int
                                               or self.area_samples < 1 or inner % self.area_samples):
-            divisors = [d for d in range(1, inner + 1) if inner % d == 0]
+            divisors = sorted({d for i in range(1, math.isqrt(inner) + 1) if inner % i == 0
+                               for d in (i, inner // i)})
             raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
                              f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
         if self.precision not in PRECISIONS:

@@ -42,8 +42,10 @@ def init_map(objective: Objective, images: torch.Tensor, method: str, bf16: bool
     guide = GuidedActivations() if method == "guided_backprop" else contextlib.nullcontext()
     with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16), guide:
         scores = objective.scores(x, rows).float()
-    grad, = torch.autograd.grad(scores.sum(), x)
-    return grad.abs().amax(1)
+    if not scores.requires_grad:                  # the scores ignore the input: a zero map
+        return torch.zeros_like(images[:, 0], dtype=torch.float32)
+    grad, = torch.autograd.grad(scores.sum(), x, allow_unused=True)
+    return torch.zeros_like(images[:, 0], dtype=torch.float32) if grad is None else grad.abs().amax(1)
 
 
 def initial_premask(noise: torch.Tensor, objective: Objective, images: torch.Tensor,
@@ -58,4 +60,6 @@ def initial_premask(noise: torch.Tensor, objective: Objective, images: torch.Ten
         shape = gaussian_ranks(init_map(objective, images, config.init, config.precision == "bf16"))
         shape = F.pad(shape[:, None], (r, r, r, r), mode="reflect") if r else shape[:, None]
         premask = premask + config.init_scale * shape.to(premask)
+    if not bool(torch.isfinite(premask).all()):
+        raise ValueError(f"the starting pre-mask is not finite: init_scale={config.init_scale!r} is too large")
     return premask.clone().requires_grad_(True)

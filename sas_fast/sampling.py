@@ -26,7 +26,7 @@ class AreaSampler:
         self.inner = config.num_masks - 2
         self.samples = config.area_samples or self.inner
         self.stratum = self.inner // self.samples
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.generator = torch.Generator().manual_seed((config.seed + 1) % 2 ** 64)
 
     @property
     def weight(self) -> int:

@@ -65,6 +65,9 @@ class Objective:
         def hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise ValueError(f"layer output must be a tensor, got {type(output).__name__}")
+            if not output.is_floating_point():
+                raise ValueError(f"layer output must be a floating-point tensor (feature distances are "
+                                 f"differentiated), got dtype {output.dtype}; choose another layer")
             captured.append(output)
             raise _StopForward
 
@@ -160,9 +163,10 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16,
                             cache_enabled=not config.cuda_graph):
             s = objective.scores(x, rows[part]).float()
-        s.backward(flat_sign[part])                         # d (sum sign * s) / d x
+        if s.requires_grad:                                 # else the scores ignore the input
+            s.backward(flat_sign[part])                     # d (sum sign * s) / d x
         scores.append(s.detach())
-        grads.append(x.grad)
+        grads.append(torch.zeros_like(x) if x.grad is None else x.grad)
     grad = grads[0] if len(grads) == 1 else torch.cat(grads)
     images.backward(grad.unflatten(0, images.shape[:2]))
 

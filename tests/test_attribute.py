@@ -79,17 +79,16 @@ def test_micro_batches_give_identical_results(model):
     torch.testing.assert_close(full, micro, atol=1e-6, rtol=0)
 
 
-def test_feature_saliency_runs_and_differs_from_class_saliency():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+def test_feature_saliency_finds_the_evidence_of_the_layer(model):
+    """``norm``'s output depends on the texture inside REGION only, so its feature saliency ranks
+    REGION first (by module or by name, the same map); ``highpass``'s output holds every
+    pixel's texture, so its map does not single REGION out."""
     images = textured_images()
-    cls = attribute(net, images, 1, iterations=10)
-    feat = attribute(net, images, iterations=10, layer=net[1])
-    by_name = attribute(net, images, iterations=10, layer="1")
-    assert feat.shape == cls.shape and torch.isfinite(feat).all()
-    assert (feat - cls).abs().max() > 0.1
-    torch.testing.assert_close(feat, by_name)
+    feat = attribute(model, images, iterations=40, layer=model.norm)
+    assert (region_recall(feat) > 0.7).all(), region_recall(feat)
+    torch.testing.assert_close(feat, attribute(model, images, iterations=40, layer="norm"), rtol=0, atol=0)
+    everywhere = attribute(model, images, iterations=40, layer=model.highpass)
+    assert (region_recall(everywhere) < 0.5).all(), region_recall(everywhere)
 
 
 def test_trace_records_score_profiles(model):
@@ -149,24 +148,42 @@ def test_max_seconds_stops_before_an_iteration_that_would_end_late(model, monkey
 
 def test_sas_object_is_captum_shaped(model):
     explainer = SaS(model, preset="paper-cifar", iterations=3)
-    out = explainer.attribute(textured_images(), target=torch.tensor([0, 1]))
+    target = torch.tensor([0, 1])
+    out = explainer.attribute(textured_images(), target=target)
     assert out.shape == (2, 1, 32, 32)
+    expected = attribute(model, textured_images(), target, preset="paper-cifar", iterations=3)
+    assert torch.equal(out, expected.unsqueeze(1))
     assert explainer.config.iterations == 3 and sas_fast.PRESETS["paper-imagenet"].iterations == 800
 
 
+class Weighted(nn.Module):
+    """Class logits of the conv features weighted by a pixel map: ``forward(x, weight)``, or the
+    map given at construction (``weight`` baked in)."""
+
+    def __init__(self, conv, weight=None):
+        super().__init__()
+        self.conv, self.weight = conv, weight
+
+    def forward(self, x, weight=None):
+        return (self.conv(x) * (self.weight if weight is None else weight)).mean(dim=(2, 3))
+
+
 def test_non_square_float64_and_additional_forward_args():
-    class Scaled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1).double()
-
-        def forward(self, x, scale):
-            return self.conv(x).mean(dim=(2, 3)) * scale.view(-1, 1)
-
+    """A per-image extra argument reaches each masked image's own row: every image's map equals
+    the run of a model with that image's row baked in, and differs from the other row's."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
     images = torch.randn(2, 3, 20, 33, dtype=torch.float64)
-    scale = torch.tensor([1.0, 2.0], dtype=torch.float64)
-    sal = attribute(Scaled(), images, [0, 3], iterations=3, additional_forward_args=(scale,))
+    weight = torch.zeros(2, 1, 20, 33, dtype=torch.float64)
+    weight[0, ..., :16], weight[1, ..., 17:] = 1, 1               # left half, right half
+    targets = [0, 3]
+    sal = attribute(Weighted(conv).eval(), images, targets, iterations=3, additional_forward_args=(weight,))
     assert sal.shape == (2, 20, 33) and sal.dtype == torch.float32
+    for i, t in enumerate(targets):
+        baked = attribute(Weighted(conv, weight[i:i + 1]).eval(), images[i:i + 1], t, iterations=3)
+        torch.testing.assert_close(sal[i:i + 1], baked, rtol=0, atol=1e-6)
+        other = attribute(Weighted(conv, weight[1 - i:2 - i]).eval(), images[i:i + 1], t, iterations=3)
+        assert (sal[i:i + 1] - other).abs().max() > 0.1
 
 
 class Wrapped(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_images, guarded_model, is_int, is_real, model_logits, resolve_target
+from ..checks import check_images, check_seed, guarded_model, is_int, is_real, model_logits, resolve_target
 from .nli import nli_impute
 
 
@@ -86,8 +86,8 @@ def pixel_ranks(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     if saliency.dim() == 4 and saliency.shape[1] == 1:
         saliency = saliency[:, 0]
-    if saliency.dim() != 3:
-        raise ValueError(f"saliency must be B x H x W, got shape {tuple(saliency.shape)}")
+    if saliency.dim() != 3 or 0 in saliency.shape[1:]:
+        raise ValueError(f"saliency must be B x H x W with H, W >= 1, got shape {tuple(saliency.shape)}")
     s = saliency.detach().float()
     if not bool(torch.isfinite(s).all()):
         raise ValueError("saliency contains NaN or Inf")
@@ -124,6 +124,7 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
         batch_size: game images imputed and classified at once (bounds memory).
         noise: std of the imputation noise; the noise of each game image depends only on
             ``(seed, image id, mode, ratio index)``, not on ``batch_size``.
+        seed: an integer in ``[0, 2**64 - 1]``.
         solver: NLI solver, see :func:`sas_fast.evaluate.nli.nli_impute`.
         image_ids: B non-negative integers keying each image's noise (default: its position
             in ``images``); give dataset indices and an image scores the same in any batch.
@@ -140,10 +141,15 @@ def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not (is_real(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    ratios = torch.linspace(0, 1, 11, dtype=torch.float64) if ratios is None else \
-        torch.as_tensor(ratios, dtype=torch.float64).flatten()
+    seed = check_seed(seed)
+    given = ratios
+    try:
+        ratios = torch.linspace(0, 1, 11, dtype=torch.float64) if ratios is None else \
+            torch.as_tensor(ratios, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        ratios = torch.empty(0)
     if ratios.numel() < 1 or not bool(((ratios >= 0) & (ratios <= 1)).all()):
-        raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {ratios.tolist()}")
+        raise ValueError(f"ratios must be a non-empty list of values in [0, 1], got {given!r}")
     ids = list(range(b)) if image_ids is None else \
         image_ids.tolist() if isinstance(image_ids, (torch.Tensor, np.ndarray)) else list(image_ids)
     if len(ids) != b or not all(is_int(i) and i >= 0 for i in ids):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import is_real
+
 AXIAL, DIAGONAL = 1.0 / 6.0, 1.0 / 12.0
 SOLVERS = ("auto", "scipy", "torch")
 #: (dy, dx, weight) of the 8 neighbours.
@@ -52,12 +54,20 @@ def nli_impute(images: torch.Tensor, keep: torch.Tensor, noise: float = 0.01,
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not (is_real(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a bool tensor (True = known pixel), got "
+                         f"{getattr(keep, 'dtype', type(keep).__name__)}; threshold a fractional mask "
+                         "first (e.g. keep > 0.5)")
     if images.dim() != 4 or keep.shape != (images.shape[0],) + images.shape[2:]:
         raise ValueError(f"need images B x C x H x W and keep B x H x W, got {tuple(images.shape)} "
                          f"and {tuple(keep.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"images must be floating point, got {images.dtype}")
-    images, keep = images.detach(), keep.to(device=images.device, dtype=torch.bool)
+    images, keep = images.detach(), keep.to(images.device)
     known = keep.flatten(1).any(1)
     todo = known & ~keep.flatten(1).all(1)
     out = torch.where(keep[:, None], images, torch.zeros_like(images))
