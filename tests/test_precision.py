@@ -98,7 +98,7 @@ class AutocastProbe(nn.Module):
 def test_attribute_default_runs_the_model_as_resolved(cpu, caps, dispatch, onednn, autocast):
     cpu(caps, dispatch, onednn)
     model = AutocastProbe().eval()
-    attribute(model, torch.randn(1, 3, 16, 16), 0, iterations=2, window=3)
+    attribute(model, torch.randn(1, 3, 16, 16), 0, iterations=2, window=3, max_batch=64)   # one call per step, no probe
     steps = model.seen[1:]                        # the first forward is the clean image's
     assert len(steps) == 2 and all(s == autocast for s in steps)
 
