@@ -22,7 +22,7 @@ from . import ops
 from .checks import (FiniteWatch, autograd_on, check_images, guarded_model, model_logits, outside_inference,
                      resolve_layer, resolve_target)
 from .config import SaSConfig, make_config
-from .cpu_memory import OPT_OUT as TUNE_MALLOC, default_max_batch, tune_malloc
+from .cpu_memory import MALLOC_ENV, default_max_batch, tune_malloc
 from .fits import check_fits
 from .initial import initial_premask
 from .iteration import IterationRunner
@@ -143,7 +143,7 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     _check_flags(return_trace, progress)
     budget = TimeBudget(max_seconds, start, images.device)
     config, precision = _resolved(config, images)
-    if images.device.type == "cpu" and os.environ.get(TUNE_MALLOC) == "1":
+    if images.device.type == "cpu" and os.environ.get(MALLOC_ENV) == "1":
         tune_malloc()
     layer = resolve_layer(model, layer)
     if layer is not None and config.init != "noise":

@@ -41,8 +41,9 @@ import torch
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`tune_malloc` sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 256 << 20
-#: set to ``0`` to leave glibc's malloc settings alone
-OPT_OUT = "SAS_FAST_TUNE_MALLOC"
+#: environment variable: ``1`` lets a library call (:func:`sas_fast.attribute`) tune malloc too,
+#: ``0`` keeps even the ``sas-fast`` command from doing it
+MALLOC_ENV = "SAS_FAST_TUNE_MALLOC"
 
 #: the most activation memory (bytes) one model call may hold on a CPU: half the trim threshold
 ACTIVATION_BUDGET = TRIM_THRESHOLD // 2
@@ -101,8 +102,8 @@ def tune_malloc() -> str:
 
 
 def _apply() -> str:
-    if os.environ.get(OPT_OUT) == "0":
-        return f"skipped: {OPT_OUT}=0"
+    if os.environ.get(MALLOC_ENV) == "0":
+        return f"skipped: {MALLOC_ENV}=0"
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return "skipped: GLIBC_TUNABLES sets malloc options"
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

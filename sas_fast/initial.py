@@ -42,10 +42,10 @@ def init_map(objective: Objective, images: torch.Tensor, method: str, bf16: bool
     guide = GuidedActivations() if method == "guided_backprop" else contextlib.nullcontext()
     with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16), guide:
         scores = objective.scores(x, rows).float()
-    if not scores.requires_grad:                  # the scores ignore the input: a zero map
+    grad = torch.autograd.grad(scores.sum(), x, allow_unused=True)[0] if scores.requires_grad else None
+    if grad is None:                              # the scores ignore the input: a zero map
         return torch.zeros_like(images[:, 0], dtype=torch.float32)
-    grad, = torch.autograd.grad(scores.sum(), x, allow_unused=True)
-    return torch.zeros_like(images[:, 0], dtype=torch.float32) if grad is None else grad.abs().amax(1)
+    return grad.abs().amax(1)
 
 
 def initial_premask(noise: torch.Tensor, objective: Objective, images: torch.Tensor,

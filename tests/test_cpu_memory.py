@@ -84,14 +84,14 @@ def test_cpu_run_calls_the_model_in_measured_micro_batches():
 def fresh(monkeypatch):
     monkeypatch.setattr(cpu_memory, "_tuned", None)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv(cpu_memory.OPT_OUT, raising=False)
+    monkeypatch.delenv(cpu_memory.MALLOC_ENV, raising=False)
 
 
 def test_tune_malloc_respects_the_opt_out_and_the_users_tunables(fresh, monkeypatch):
-    monkeypatch.setenv(cpu_memory.OPT_OUT, "0")
+    monkeypatch.setenv(cpu_memory.MALLOC_ENV, "0")
     assert tune_malloc() == "skipped: SAS_FAST_TUNE_MALLOC=0"
     monkeypatch.setattr(cpu_memory, "_tuned", None)
-    monkeypatch.delenv(cpu_memory.OPT_OUT)
+    monkeypatch.delenv(cpu_memory.MALLOC_ENV)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
     assert tune_malloc().startswith("skipped: GLIBC_TUNABLES")
 
@@ -99,7 +99,7 @@ def test_tune_malloc_respects_the_opt_out_and_the_users_tunables(fresh, monkeypa
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_tune_malloc_applies_once_on_glibc(fresh, monkeypatch):
     assert tune_malloc() == "mmap threshold 32 MiB, trim threshold 256 MiB"
-    monkeypatch.setenv(cpu_memory.OPT_OUT, "0")        # a second call changes nothing
+    monkeypatch.setenv(cpu_memory.MALLOC_ENV, "0")        # a second call changes nothing
     assert tune_malloc() == "mmap threshold 32 MiB, trim threshold 256 MiB"
 
 
