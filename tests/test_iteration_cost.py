@@ -1,6 +1,6 @@
 """What one SaS iteration launches outside the model (``benchmarks/iteration_cost.py``): torch ops
 by a dispatch-mode counter, Triton launches by a launch hook; on the CPU (C++ backend, Triton
-under the interpreter) and on CUDA when present. Target (issue 12): <= 25 per iteration (C++ 13,
+under the interpreter) and on CUDA when present. Target: <= 25 per iteration (C++ 13,
 Triton 20: 12 launches and the 8 torch ops the backends share, sampler, score gather, loss, Adam)."""
 import importlib.util
 from pathlib import Path

@@ -3,7 +3,7 @@
 One process::
 
     sas-fast attribute-dataset --images data/cifar10/test.npz \\
-        --model resnet8:cifar10:/work/shared/models --out runs/c10 [--batch-size 32] \\
+        --model resnet8:cifar10:../shared/models --out runs/c10 [--batch-size 32] \\
         [--preset fast] [--iterations N] [--precision bf16] [--targets labels|predicted] [--option window=7]
     sas-fast merge runs/c10                      # -> runs/c10/saliency.npz
 

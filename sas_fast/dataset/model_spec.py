@@ -6,7 +6,7 @@ Syntax (``--model SPEC``):
   with the ImageNet evaluation crop (short side 256, centre 224 x 224).
 - ``ARCH:DATASET[:MODELS_DIR]``: one of the paper's nets, ``ARCH`` in ``resnet8``, ``vgg16`` and
   ``DATASET`` in ``cifar10``, ``mnist``, weights from ``MODELS_DIR`` (default: the environment
-  variable ``SAS_FAST_MODELS_DIR``), e.g. ``resnet8:cifar10:/work/shared/models``. Inputs are
+  variable ``SAS_FAST_MODELS_DIR``), e.g. ``resnet8:cifar10:../shared/models``. Inputs are
   normalised as in the models' README: CIFAR-10 32 x 32 RGB; MNIST grey, resized to 32 x 32.
 - ``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``: ``FUNCTION()`` returns
   ``(model, preprocess)``.

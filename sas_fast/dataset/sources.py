@@ -128,7 +128,7 @@ def _read_labels_csv(root: Path) -> tuple:
 
 class NpzSource:
     """An npz archive with ``images`` (uint8, ``N x H x W`` or ``N x H x W x C``) and
-    optionally ``labels`` (N integer classes), as in ``/work/shared/data``."""
+    optionally ``labels`` (N integer classes), as in ``../shared/data``."""
 
     kind = "npz"
 
