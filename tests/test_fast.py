@@ -119,9 +119,10 @@ def test_presets_are_honoured_by_attribute_and_sas(model, monkeypatch):
     assert make_config("paper-imagenet").iterations == 800
 
 
-def test_fast_preset_costs_a_quarter_and_finds_the_planted_region(model):
-    fast = make_config("fast")
-    assert fast.iterations * fast.passes_per_iteration() <= 7200 // 4
-    sal, trace = attribute(model, textured_images(), 0, preset="fast", return_trace=True)
-    assert int(trace.passes[0]) <= 1800
+@pytest.mark.parametrize("preset, share", [("fast", 4), ("fastest", 16)])
+def test_cheap_presets_cost_their_share_and_find_the_planted_region(model, preset, share):
+    config = make_config(preset)
+    assert config.iterations * config.passes_per_iteration() <= 7200 // share
+    sal, trace = attribute(model, textured_images(), 0, preset=preset, return_trace=True)
+    assert int(trace.passes[0]) <= 7200 // share
     assert (region_recall(sal) > 0.8).all(), region_recall(sal)
