@@ -12,6 +12,10 @@ in its own module (kernels and autograd wiring together):
 - :func:`masked_images` (``masked_images.py``): the insertion / deletion images straight from
   the schedule and the thresholds, the masks recomputed in the backward.
 
+Float scalars (``beta``, ``s``, ``tol``, ``eps``) are ``tl.float64`` kernel parameters, converted
+to the accumulator dtype inside each kernel: float64 kernels compute with the caller's exact
+values (an unannotated Python float would compile as an fp32 argument).
+
 Shared pieces: ``window.py`` (the window-sum kernel of every separable Gaussian pass, and the
 Gaussian taps, built once and cached), ``launch.py`` (block sizes, accumulator dtype). The
 Python-side math (smoothing and pyramid sigmas, taps, the solve's bracket and cold start) is the

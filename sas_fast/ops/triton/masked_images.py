@@ -44,10 +44,11 @@ def _mask(x_ptr, t_ptr, b, k, K, offs, ok, N, s, ACC: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, C, N, s, sc, si, J: tl.constexpr,
+def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, C, N, s: tl.float64, sc, si, J: tl.constexpr,
                     FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr, ACC: tl.constexpr,
                     BLOCK: tl.constexpr):
     """Program (b k, pixel block): the J images of mask (b, k) at these pixels, every channel."""
+    s = tl.full([], s, ACC)
     bk = tl.program_id(0).to(tl.int64)
     b, k = bk // K, bk % K
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -65,10 +66,11 @@ def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, C, N, s, sc, si, J: tl.cons
 
 
 @triton.jit
-def _gradient_kernel(g_ptr, x_ptr, t_ptr, p_ptr, acc_ptr, part_ptr, K, C, N, s, gb, gjk, gc, gi,
-                     J: tl.constexpr, FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr,
+def _gradient_kernel(g_ptr, x_ptr, t_ptr, p_ptr, acc_ptr, part_ptr, K, C, N, s: tl.float64, gb, gjk,
+                     gc, gi, J: tl.constexpr, FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr,
                      ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b, pixel block): ``acc[b, i] = sum_k G_ki``; ``part[b, block, k] = (sum G, sum w)``."""
+    s = tl.full([], s, ACC)
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -98,9 +100,10 @@ def _gradient_kernel(g_ptr, x_ptr, t_ptr, p_ptr, acc_ptr, part_ptr, K, C, N, s, 
 
 
 @triton.jit
-def _implicit_kernel(acc_ptr, part_ptr, x_ptr, t_ptr, dx_ptr, K, N, s, eps, BLOCKS,
-                     BLOCKS_P2: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _implicit_kernel(acc_ptr, part_ptr, x_ptr, t_ptr, dx_ptr, K, N, s: tl.float64, eps: tl.float64,
+                     BLOCKS, BLOCKS_P2: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b, pixel block): ``dx = acc - sum_k w_k (sum G_k) / (sum w_k + eps)``."""
+    s, eps = tl.full([], s, ACC), tl.full([], eps, ACC)
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N

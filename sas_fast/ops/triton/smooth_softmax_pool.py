@@ -56,9 +56,10 @@ def _fold_count(y, i, n, r):
 
 
 @triton.jit
-def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta, H, W, R, window, numel,
+def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta: tl.float64, H, W, R, window, numel,
                          ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Triples ``(m, e, t)`` ``B x H x W`` of the row windows of the reflection-padded x."""
+    beta = tl.full([], beta, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     j = idx % W
@@ -79,9 +80,10 @@ def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta, H, W, R, window, nume
 
 
 @triton.jit
-def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, beta, H, W, R, window,
-                         numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, beta: tl.float64, H, W,
+                         R, window, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Merge the row triples of padded rows i..i+ws-1: ``M, E`` and ``out = T / E``, ``B x H x W``."""
+    beta = tl.full([], beta, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     i = (idx // W) % H
@@ -103,10 +105,12 @@ def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, bet
 
 
 @triton.jit
-def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr, b_ptr, beta,
-                          H, W, R, window, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr, b_ptr,
+                          beta: tl.float64, H, W, R, window, numel, ACC: tl.constexpr,
+                          BLOCK: tl.constexpr):
     """``A_y, B_y`` (``B x H x W``): sums over the outputs i whose column window holds a padded
     copy of row y, each counted once per copy."""
+    beta = tl.full([], beta, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     y = (idx // W) % H
@@ -129,9 +133,10 @@ def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr,
 
 
 @triton.jit
-def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta, H, W, R, window, numel,
-                          ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta: tl.float64, H, W, R, window,
+                          numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Gradient ``B x H x W`` w.r.t. the blurred x, the reflection padding folded back."""
+    beta = tl.full([], beta, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     v = idx % W

@@ -73,10 +73,11 @@ def _evaluate(x_row, t, a, logit_a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _solve_kernel(x_ptr, a_ptr, t0_ptr, t_ptr, m_ptr, K, N, s, tol, max_iter, write_masks,
-                  ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _solve_kernel(x_ptr, a_ptr, t0_ptr, t_ptr, m_ptr, K, N, s: tl.float64, tol: tl.float64,
+                  max_iter, write_masks, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b, k): threshold ``t[b, k]`` from the start ``t0[b, k]`` (clamped into the bracket),
     and if ``write_masks`` the mask row ``m[b, k, :]``."""
+    s, tol = tl.full([], s, ACC), tl.full([], tol, ACC)
     pid = tl.program_id(0)
     x_row = x_ptr + (pid // K).to(tl.int64) * N
     m_row = m_ptr + pid.to(tl.int64) * N
@@ -123,8 +124,10 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, t_ptr, m_ptr, K, N, s, tol, max_iter, wr
 
 
 @triton.jit
-def _area_coefficient_kernel(g_ptr, m_ptr, c_ptr, N, s, eps, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _area_coefficient_kernel(g_ptr, m_ptr, c_ptr, N, s: tl.float64, eps: tl.float64,
+                             ACC: tl.constexpr, BLOCK: tl.constexpr):
     """``c[b, k] = sum_j G_kj / (sum_j w_kj + eps)``."""
+    s, eps = tl.full([], s, ACC), tl.full([], eps, ACC)
     pid = tl.program_id(0)
     g_row = g_ptr + pid.to(tl.int64) * N
     m_row = m_ptr + pid.to(tl.int64) * N
@@ -140,9 +143,10 @@ def _area_coefficient_kernel(g_ptr, m_ptr, c_ptr, N, s, eps, ACC: tl.constexpr, 
 
 
 @triton.jit
-def _schedule_grad_kernel(g_ptr, m_ptr, c_ptr, dx_ptr, K, N, s, IMPLICIT: tl.constexpr,
+def _schedule_grad_kernel(g_ptr, m_ptr, c_ptr, dx_ptr, K, N, s: tl.float64, IMPLICIT: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     """``dx[b, i] = sum_k G_ki - c[b, k] w_ki`` (the second term only if IMPLICIT)."""
+    s = tl.full([], s, ACC)
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
