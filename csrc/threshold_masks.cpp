@@ -1,17 +1,20 @@
 // Masks of prescribed areas from a schedule (paper eq. 3-6), forward and implicit-gradient backward.
 //
-// For each image b and area a_k in (0, 1), the rule of reference.solve_thresholds: a bracketed,
-// safeguarded Newton solve of
+// For each image b and area a_k in (0, 1), the rule of reference.solve_thresholds: a
+// Levenberg-Marquardt solve, bracket-safeguarded, of
 //   r(t) = A(t) - a_k,  A(t) = mean_i sig_i^2,  sig_i = sigmoid(s (x_i - t)),
 //   A'(t) = J = -2 s mean_i sig_i^2 (1 - sig_i),
-// with Newton run on rho(t) = logit(sqrt A) - logit(sqrt a_k) (same root and sign as r; linear in t
-// when all pixels are equal): rho' = J / (2 A (1 - sqrt A)), t_N = t - rho / rho'. The root stays
-// in a bracket [lo, hi] (initially min x - (logit(sqrt a) + 1) / s and max x - (logit(sqrt a) - 1)
-// / s), shrunk by every evaluated point. Each step evaluates t_N if it is defined (0 < A < 1,
-// J < 0) and strictly inside the bracket and the previous Newton step (if any) at least halved
-// |r|, else the bisection (lo + hi) / 2; flat stretches (J = 0) therefore cannot stall it. Start:
-// the (1 - a_k) quantile of x or a warm start, clamped into the bracket; stop: |r| < tol or
-// max_iter steps; result: the evaluated point of least |r|.
+// as least squares on rho(t) = logit(sqrt A) - logit(sqrt a_k) (same root and sign as r; linear
+// in t when all pixels are equal): rho' = J / (2 A (1 - sqrt A)), Newton point
+// t_N = t - rho / rho', LM point (Marquardt's scaling) t_LM = t - rho / (rho' (1 + lambda)). The
+// damping lambda starts at 0 (undamped: Newton) and follows Marquardt's rule after every LM
+// step: lambda / 10 if it reduced |r|, else max(10 lambda, 1). The root stays in a bracket
+// [lo, hi] (initially min x - (logit(sqrt a) + 1) / s and max x - (logit(sqrt a) - 1) / s),
+// shrunk by every evaluated point. Each step evaluates t_LM if it is defined (0 < A < 1, J < 0)
+// and strictly inside the bracket, else the bisection (lo + hi) / 2 (lambda unchanged); flat
+// stretches (J = 0) therefore cannot stall it. Start: the (1 - a_k) quantile of x or a warm
+// start, clamped into the bracket; stop: |r| < tol or max_iter steps; result: the evaluated
+// point of least |r|.
 // Masks m_k = sigmoid(s (x - t_k)); a_k = 0 / 1 give exact 0 / 1 masks and t = +inf / -inf.
 // Backward (SPEC section 3), with G_ki = dL/dm_ki s m_ki (1 - m_ki) and w_ki = m_ki^2 (1 - m_ki):
 //   implicit: dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)]
@@ -140,7 +143,7 @@ class Sigmoids {
 };
 
 // Root of r on one (b, k); lo / hi bracket it (r(lo) >= 0 >= r(hi)) and shrink with every
-// evaluated point; the Newton step on rho is taken while it stays strictly inside and pays off.
+// evaluated point; the damped (LM) step on rho is taken while it stays strictly inside.
 template <typename T>
 double solve(Sigmoids<T>& sig, double a, double t, double lo, double hi, double tol, int64_t max_iter) {
   const double logit_a = std::log(std::sqrt(a) / (1.0 - std::sqrt(a)));
@@ -158,13 +161,14 @@ double solve(Sigmoids<T>& sig, double a, double t, double lo, double hi, double 
   t = std::min(std::max(t, lo), hi);
   evaluate(t);
   double t_best = t, r_best = r;
-  bool newton_ok = true;  // the last Newton step halved |r|
+  double damping = 0.0;  // Marquardt's lambda
   for (int64_t it = 0; it < max_iter && std::abs(r) >= tol; ++it) {
-    const bool newton = newton_ok && t_newton > lo && t_newton < hi;
+    const double t_lm = t + (t_newton - t) / (1.0 + damping);
+    const bool lm = t_lm > lo && t_lm < hi;
     const double r_old = r;
-    t = newton ? t_newton : (lo + hi) / 2;
+    t = lm ? t_lm : (lo + hi) / 2;
     evaluate(t);
-    newton_ok = !newton || std::abs(r) <= 0.5 * std::abs(r_old);
+    if (lm) damping = std::abs(r) < std::abs(r_old) ? damping / 10.0 : std::max(10.0 * damping, 1.0);
     if (std::abs(r) < std::abs(r_best)) t_best = t, r_best = r;
   }
   return t_best;

@@ -52,7 +52,7 @@ class SaSConfig:
     max_blur: float | None = None # sigma of the most blurred level (proto: 20 at 224 px)
     implicit_grad: bool = True    # differentiate through the thresholds (proto; SPEC section 3)
     threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
-    threshold_max_iter: int = 50  # safeguarded-Newton iteration cap (ours)
+    threshold_max_iter: int = 50  # Levenberg-Marquardt step cap of the threshold solve (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
     init: str = "noise"           # noise | gradient | guided_backprop: add a one-pass map's Gaussian ranks (ours,
                                   # sas_fast/initial.py; class saliency only)

@@ -150,8 +150,8 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     """Masks ``sigmoid(s (schedule - t_k))`` whose sizes ``mean m^2`` equal ``areas``.
 
     ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] ->
-    ``(masks B x K x H x W, thresholds B x K)``. Thresholds come from a batched
-    safeguarded Newton solve (warm-started from ``thresholds_init`` ``B x K`` if given);
+    ``(masks B x K x H x W, thresholds B x K)``. Thresholds come from a batched Levenberg-Marquardt
+    solve (Marquardt damping, bracket safeguard; warm-started from ``thresholds_init`` ``B x K``);
     areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
     the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
     held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 0 (0: the start).

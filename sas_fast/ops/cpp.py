@@ -53,7 +53,8 @@ def threshold_masks(schedule: torch.Tensor, areas: torch.Tensor, sharpness: floa
                     thresholds_init: torch.Tensor | None = None, implicit_grad: bool = True,
                     tol: float = 1e-4, max_iter: int = 50):
     """``(masks B x K x H x W, thresholds B x K)``, ``m_k = sigmoid(s (schedule - t_k))`` of
-    areas ``mean m_k^2 = a_k`` (safeguarded Newton solve; implicit or detached gradient)."""
+    areas ``mean m_k^2 = a_k`` (Levenberg-Marquardt solve with a bracket safeguard; implicit or
+    detached gradient)."""
     areas = torch.as_tensor(areas, dtype=schedule.dtype).flatten()
     if thresholds_init is not None:
         thresholds_init = thresholds_init.detach().to(schedule.dtype)

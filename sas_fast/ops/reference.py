@@ -113,7 +113,7 @@ def solved_areas(areas: torch.Tensor) -> tuple:
 
 
 def root_area_logit(areas: torch.Tensor) -> torch.Tensor:
-    """``logit(sqrt a) = log(sqrt a / (1 - sqrt a))``, the Newton solve's target value of
+    """``logit(sqrt a) = log(sqrt a / (1 - sqrt a))``, the LM solve's target value of
     ``rho = logit(sqrt A(t))`` (areas in (0, 1))."""
     root = areas.sqrt()
     return torch.log(root / (1 - root))
@@ -141,21 +141,25 @@ def quantile_start(x: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
 def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: float,
                      thresholds_init: torch.Tensor | None = None, tol: float = 1e-4,
                      max_iter: int = 50, return_iterations: bool = False):
-    """Batched, bracketed, safeguarded Newton solve for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
+    """Batched Levenberg-Marquardt solve, bracket-safeguarded, for ``t`` with ``mean_i sigmoid(s (x_i - t))^2 = a``.
 
     ``schedule`` ``B x 1 x H x W``, ``areas`` ``[K]`` in [0, 1] -> thresholds ``B x K`` (and, with
     ``return_iterations``, the number of steps each (b, k) took, ``B x K`` int64).
     Residual ``r(t) = A(t) - a``, ``A(t) = mean_i sig_i^2`` (decreasing in t), ``A' = J =
-    -2 s mean_i sig_i^2 (1 - sig_i)``. Newton runs on ``rho(t) = logit(sqrt A(t)) - logit(sqrt a)``
-    (same root and sign as r; exactly linear, ``s (x - t) - logit sqrt a``, when all pixels are
-    equal, and nearly so in the exponential tails): ``rho' = J / (2 A (1 - sqrt A))``, step
-    ``t_N = t - rho / rho'``. Safeguard: the root stays bracketed by ``[lo, hi]`` (initially
-    :func:`solve_bracket`: ``min x - (logit(sqrt a) + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``,
-    where r >= 0 and r <= 0), shrunk by every evaluated point. Each step evaluates one point: ``t_N`` if it is
-    defined (0 < A < 1, J < 0) and strictly inside the bracket, and the previous Newton step
-    (if any) at least halved ``|r|``; otherwise the bisection ``(lo + hi) / 2``. So Newton
-    converges quadratically near the root, and every Newton step that does not pay off is
-    followed by a halving of the bracket: flat stretches of r (J = 0) cannot stall it.
+    -2 s mean_i sig_i^2 (1 - sig_i)``. The least-squares problem ``min rho(t)^2`` is solved on
+    ``rho(t) = logit(sqrt A(t)) - logit(sqrt a)`` (same root and sign as r; exactly linear,
+    ``s (x - t) - logit sqrt a``, when all pixels are equal, and nearly so in the exponential
+    tails), ``rho' = J / (2 A (1 - sqrt A))``. The LM step with Marquardt's scaling,
+    ``(rho'^2 + lambda rho'^2) d = -rho' rho``, is ``t_LM = t - rho / (rho' (1 + lambda))``: the
+    Newton step shortened by ``1 + lambda``. The damping ``lambda`` (one per (b, k), 0 at the
+    start, so undamped steps are Newton steps) follows Marquardt's rule: after an LM step that
+    reduced ``|r|``, ``lambda / 10``; after one that did not, ``max(10 lambda, 1)``. Safeguard: the
+    root stays bracketed by ``[lo, hi]`` (initially :func:`solve_bracket`: ``min x - (logit(sqrt a)
+    + 1) / s`` and ``max x - (logit(sqrt a) - 1) / s``, where r >= 0 and r <= 0), shrunk by every
+    evaluated point. Each step evaluates one point: ``t_LM`` if it is defined (0 < A < 1, J < 0)
+    and strictly inside the bracket, otherwise the bisection ``(lo + hi) / 2`` (lambda unchanged).
+    So the solve converges quadratically near the root, an overshooting step is retried shorter,
+    and flat stretches of r (J = 0, steps leaving the bracket) cannot stall it.
     Start: ``thresholds_init`` (warm start) or the (1 - a) quantile of the schedule
     (:func:`quantile_start`), clamped into the bracket. Stops when ``max |r| < tol`` or after
     ``max_iter`` steps; returns the evaluated point of least ``|r|``. Areas 0 and 1 are not solved: their thresholds are
@@ -173,7 +177,7 @@ def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: flo
     t = torch.minimum(torch.maximum(t, lo), hi)
 
     def evaluate(t):
-        """``(r(t), t_N(t))``; t_N is NaN where the Newton step is undefined."""
+        """``(r(t), t_N(t))``; the undamped (Newton) point t_N is NaN where it is undefined."""
         sig = torch.sigmoid(sharpness * (x - t.unsqueeze(-1)))
         area = sig.square().mean(-1)
         jac = -2 * sharpness * (sig.square() * (1 - sig)).mean(-1)
@@ -186,16 +190,18 @@ def solve_thresholds(schedule: torch.Tensor, areas: torch.Tensor, sharpness: flo
     lo = torch.where(r > 0, torch.maximum(lo, t), lo)
     hi = torch.where(r <= 0, torch.minimum(hi, t), hi)
     t_best, r_best = t, r
-    newton_ok = torch.ones_like(t, dtype=torch.bool)         # the last Newton step halved |r|
+    damping = torch.zeros_like(t)                            # Marquardt's lambda per (b, k)
     steps = torch.zeros(t.shape, dtype=torch.int64, device=t.device)
     for _ in range(max_iter):
         active = inner & (r.abs() >= tol)
         if not active.any():
             break
-        newton = newton_ok & (t_newton > lo) & (t_newton < hi)
-        t_new = torch.where(newton, t_newton, (lo + hi) / 2)
+        t_lm = t + (t_newton - t) / (1 + damping)
+        lm = (t_lm > lo) & (t_lm < hi)
+        t_new = torch.where(lm, t_lm, (lo + hi) / 2)
         r_new, t_newton_new = evaluate(t_new)
-        newton_ok = torch.where(active, ~newton | (r_new.abs() <= 0.5 * r.abs()), newton_ok)
+        marquardt = torch.where(r_new.abs() < r.abs(), damping / 10, (10 * damping).clamp(min=1))
+        damping = torch.where(active & lm, marquardt, damping)
         lo = torch.where(active & (r_new > 0), torch.maximum(lo, t_new), lo)
         hi = torch.where(active & (r_new <= 0), torch.minimum(hi, t_new), hi)
         t, r, t_newton = (torch.where(active, new, old) for new, old in

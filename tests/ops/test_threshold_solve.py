@@ -1,6 +1,6 @@
-"""The safeguarded Newton threshold solve on every backend: never stalls from a cold start
-(random schedules with flat stretches, areas up to 0.999) and needs at most 3 steps when
-warm-started after one optimisation step of the pre-mask."""
+"""The Levenberg-Marquardt threshold solve (Marquardt damping, bracket safeguard) on every
+backend: never stalls from a cold start (random schedules with flat stretches, areas up to
+0.999) and needs at most 3 steps when warm-started after one optimisation step of the pre-mask."""
 import pytest
 import torch
 

@@ -3,15 +3,17 @@
 Shapes: schedule ``x`` ``B x 1 x H x W`` (N = H W pixels), areas ``a`` ``[K]`` ->
 masks ``m`` ``B x K x H x W``, thresholds ``t`` ``B x K``.
 
-Forward: one program per (b, k) runs the bracketed, safeguarded Newton solve of
+Forward: one program per (b, k) runs the bracket-safeguarded Levenberg-Marquardt solve of
 ``r(t) = A(t) - a_k = 0``, ``A(t) = mean_i sigmoid(s (x_i - t))^2``, exactly as
-:func:`sas_fast.ops.reference.solve_thresholds`: ``J = A' = -2 s mean sig^2 (1 - sig)``; Newton on
-``rho(t) = logit(sqrt A) - logit(sqrt a_k)`` (same root as r, linear in t for a constant
-schedule), ``t_N = t - rho / rho'``, ``rho' = J / (2 A (1 - sqrt A))``. Each step evaluates
-``t_N`` if it is defined (0 < A < 1, J < 0), strictly inside the bracket ``[lo, hi]`` (shrunk by
-every evaluated point) and the previous Newton step (if any) at least halved ``|r|``, else the
-bisection ``(lo + hi) / 2``; stop at ``|r| < tol`` or ``max_iter`` steps; keep the point of least
-``|r|``. One pass over the pixels per step gives both A and J. Then it writes
+:func:`sas_fast.ops.reference.solve_thresholds`: ``J = A' = -2 s mean sig^2 (1 - sig)``; least
+squares on ``rho(t) = logit(sqrt A) - logit(sqrt a_k)`` (same root as r, linear in t for a
+constant schedule), ``rho' = J / (2 A (1 - sqrt A))``, Newton point ``t_N = t - rho / rho'``, LM
+point (Marquardt's scaling) ``t_LM = t + (t_N - t) / (1 + lambda)``. The damping lambda starts
+at 0 (undamped: Newton) and after every LM step follows Marquardt's rule: ``lambda / 10`` if the
+step reduced ``|r|``, else ``max(10 lambda, 1)``. Each step evaluates ``t_LM`` if it is defined
+(0 < A < 1, J < 0) and strictly inside the bracket ``[lo, hi]`` (shrunk by every evaluated
+point), else the bisection ``(lo + hi) / 2``; stop at ``|r| < tol`` or ``max_iter`` steps; keep
+the point of least ``|r|``. One pass over the pixels per step gives both A and J. Then it writes
 ``m_k = sigmoid(s (x - t_k))`` (unless the thresholds alone are asked for,
 :func:`solve_thresholds`: then no masks exist). Areas 0 / 1: exact 0 / 1 masks,
 ``t = +inf / -inf``. The bracket is set up inside the kernel (one more pass: min and max of the
@@ -54,7 +56,8 @@ def _row_min_max(x_row, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _evaluate(x_row, t, a, logit_a, s, N, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """``(r(t), t_N(t))``: ``A - a`` and the Newton point on rho (NaN where it is undefined)."""
+    """``(r(t), t_N(t))``: ``A - a`` and the undamped (Newton) point on rho (NaN where it is
+    undefined)."""
     sq = tl.zeros([BLOCK], ACC)
     cube = tl.zeros([BLOCK], ACC)
     for start in range(0, N, BLOCK):
@@ -92,13 +95,15 @@ def _solve_kernel(x_ptr, a_ptr, t0_ptr, t_ptr, m_ptr, K, N, s: tl.float64, tol: 
         hi = tl.where(r <= 0, tl.minimum(hi, t), hi)
         t_best = t
         r_best = r
-        newton_ok = a > 0            # True: the last Newton step (none yet) halved |r|
+        damping = tl.zeros([], ACC)  # Marquardt's lambda
         it = 0
         while (it < max_iter) & (tl.abs(r) >= tol):
-            newton = newton_ok & (t_newton > lo) & (t_newton < hi)
-            t_new = tl.where(newton, t_newton, (lo + hi) / 2)
+            t_lm = t + (t_newton - t) / (1 + damping)
+            lm = (t_lm > lo) & (t_lm < hi)
+            t_new = tl.where(lm, t_lm, (lo + hi) / 2)
             r_new, t_newton = _evaluate(x_row, t_new, a, logit_a, s, N, ACC, BLOCK)
-            newton_ok = (~newton) | (tl.abs(r_new) <= 0.5 * tl.abs(r))
+            marquardt = tl.where(tl.abs(r_new) < tl.abs(r), damping / 10, tl.maximum(10 * damping, 1.0))
+            damping = tl.where(lm, marquardt, damping)
             lo = tl.where(r_new > 0, tl.maximum(lo, t_new), lo)
             hi = tl.where(r_new <= 0, tl.minimum(hi, t_new), hi)
             t = t_new
