@@ -1,7 +1,10 @@
-"""Launch settings shared by the Triton kernels: elements per program, the accumulator dtype, and
-reference functions compiled as Triton device functions."""
+"""Launch settings shared by the Triton kernels: elements per program (and a context that imposes
+the CUDA block sizes on every device), the accumulator dtype, and reference functions compiled as
+Triton device functions."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import types
 
 import torch
@@ -9,10 +12,33 @@ import triton
 import triton.language as tl
 
 
+_CUDA_BLOCK_DIVISOR: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cuda_block_divisor", default=None)
+
+
+@contextlib.contextmanager
+def cuda_block_sizes(divisor: int = 1):
+    """Within this context every launch, on any device, takes the block size of a CUDA launch
+    divided by ``divisor`` (a power of 2): the interpreter then runs the multi-block paths of the
+    GPU (several programs per row, several blocks per loop), and launches captured for an
+    ahead-of-time compilation carry the CUDA block sizes."""
+    if divisor < 1 or divisor & (divisor - 1):
+        raise ValueError(f"divisor must be a power of 2 >= 1, got {divisor!r}")
+    token = _CUDA_BLOCK_DIVISOR.set(divisor)
+    try:
+        yield
+    finally:
+        _CUDA_BLOCK_DIVISOR.reset(token)
+
+
 def block_size(numel: int, device: torch.device, gpu_block: int = 512) -> int:
-    """Elements per program: ``gpu_block`` on a GPU; under the interpreter, where every program
-    instance costs about 1 ms, one large block."""
-    cap = gpu_block if device.type == "cuda" else 1 << 15
+    """Elements per program: ``gpu_block`` on a GPU (and in :func:`cuda_block_sizes`); under the
+    interpreter, where every program instance costs about 1 ms, one large block."""
+    divisor = _CUDA_BLOCK_DIVISOR.get()
+    if divisor is not None:
+        cap = max(gpu_block // divisor, 1)
+    else:
+        cap = gpu_block if device.type == "cuda" else 1 << 15
     return min(cap, triton.next_power_of_2(max(int(numel), 1)))
 
 
