@@ -108,3 +108,23 @@ def test_iteration_count_is_the_number_of_steps():
     assert (again == 0).all()
     _, capped = R.solve_thresholds(schedule, areas, 20.0, tol=1e-300, max_iter=2, return_iterations=True)
     assert capped[:, 1:3].eq(2).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+def test_backends_take_the_reference_steps(backend):
+    """After 1..6 steps (tol never met) every backend stands where the reference does: the same
+    LM points, Marquardt damping and bisections. The schedules are stress cases on which undamped
+    steps overshoot (|r| grows), so the damping rule is exercised, not only the Newton step."""
+    g = torch.Generator().manual_seed(12)
+    cases = []
+    for h, w, sharpness in [(5, 7, 5.0), (9, 6, 20.0), (13, 11, 80.0)]:
+        schedule = _stress_batch(60, h, w, g)[:2]
+        areas = torch.cat([torch.tensor([1e-3, 0.999], dtype=D),
+                           0.998 * torch.rand(6, generator=g, dtype=D) + 1e-3])
+        cases.append((schedule, areas, sharpness))
+    for schedule, areas, sharpness in cases:
+        for max_iter in range(1, 7):
+            want = R.solve_thresholds(schedule, areas, sharpness, tol=1e-300, max_iter=max_iter)
+            got = ops.solve_thresholds(schedule, areas, sharpness, tol=1e-300, max_iter=max_iter,
+                                       backend=backend)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
