@@ -56,7 +56,8 @@ def run_ops(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
     size, window, b, k = 224, 41, 2, 20
     r = window // 2
-    premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, generator=g).to(dtype).requires_grad_(True)
+    premask = torch.randn(b, 1, size + 2 * r, size + 2 * r, generator=g).to(dtype)
+    premask.requires_grad_(True)
     schedule = T.smooth_softmax_pool(premask, window, 1.0)
     schedule.sum().backward()
     areas = torch.linspace(0, 1, k + 2, dtype=dtype)[1:-1]
@@ -107,33 +108,42 @@ def resources(cubin: bytes) -> dict:
         text = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", f.name], check=True,
                               capture_output=True, text=True).stdout
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
-    return {"registers": int(usage[1]), "local_bytes": int(usage[4]), "static_shared_bytes": int(usage[3])}
+    return {"registers": int(usage[1]), "local_bytes": int(usage[4]),
+            "static_shared_bytes": int(usage[3])}
+
+
+def check(kernel, signature: dict, constexprs: dict, cc: int) -> tuple:
+    """``(resources or None, problems)`` of ``kernel`` compiled for ``sm_<cc>``: a compile error,
+    spills, or shared memory over the target's limit."""
+    try:
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", cc, 32))
+    except Exception as exc:  # noqa: BLE001 - every compile error is a finding
+        return None, [f"{type(exc).__name__}: {str(exc)[:500]}"]
+    usage = {**resources(compiled.asm["cubin"]), "shared_bytes": compiled.metadata.shared,
+             "shared_limit": SHARED_LIMIT[cc], "num_warps": compiled.metadata.num_warps}
+    problems = []
+    if usage["local_bytes"] > 0:
+        problems.append(f"spills: {usage['local_bytes']} bytes of local memory")
+    shared = usage["shared_bytes"] + usage["static_shared_bytes"]
+    if shared > SHARED_LIMIT[cc]:
+        problems.append(f"shared memory {shared} B over the limit {SHARED_LIMIT[cc]} B")
+    return usage, problems
 
 
 def compile_all(targets, dtypes) -> dict:
     """The JSON report: one record per (kernel variant, dtype, target), and the failures."""
     records, failures = [], []
     for dtype_name in dtypes:
-        for (name, _, consts), (kernel, signature, constexprs) in sorted(
-                recorded_launches(DTYPES[dtype_name]).items(), key=lambda item: str(item[0])):
+        launches = recorded_launches(DTYPES[dtype_name])
+        for (name, _, consts), (kernel, signature, constexprs) in sorted(launches.items(), key=str):
             for cc in targets:
                 where = {"kernel": name, "module": kernel.fn.__module__.rsplit(".", 1)[-1],
                          "dtype": dtype_name, "target": f"sm_{cc}",
-                         "constexprs": {p: v for p, v in ((kernel.params[i].name, v) for (i, v) in consts)}}
-                try:
-                    compiled = triton.compile(ASTSource(kernel, signature, constexprs),
-                                              target=GPUTarget("cuda", cc, 32))
-                except Exception as exc:  # noqa: BLE001 - every compile error is a finding
-                    failures.append({**where, "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
-                    continue
-                shared = compiled.metadata.shared
-                record = {**where, **resources(compiled.asm["cubin"]), "shared_bytes": shared,
-                          "shared_limit": SHARED_LIMIT[cc], "num_warps": compiled.metadata.num_warps}
-                records.append(record)
-                if record["local_bytes"] > 0:
-                    failures.append({**where, "error": f"spills: {record['local_bytes']} bytes of local memory"})
-                if shared + record["static_shared_bytes"] > SHARED_LIMIT[cc]:
-                    failures.append({**where, "error": f"shared memory {shared} B over the limit {SHARED_LIMIT[cc]} B"})
+                         "constexprs": {kernel.params[i].name: value for i, value in consts}}
+                usage, problems = check(kernel, signature, constexprs, cc)
+                if usage is not None:
+                    records.append({**where, **usage})
+                failures += [{**where, "error": problem} for problem in problems]
     return {"triton": triton.__version__, "torch": torch.__version__,
             "targets": [f"sm_{cc}" for cc in targets], "dtypes": list(dtypes),
             "kernels": records, "failures": failures}

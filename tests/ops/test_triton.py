@@ -42,7 +42,8 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-FLOATS, CONSTEXPRS = {"beta", "s", "tol", "eps"}, {"BLOCK": 512, "LEVELS": 8, "IMPLICIT": True}
+FLOATS = {"beta", "s", "tol", "eps"}
+CONSTEXPRS = {"BLOCK": 512, "LEVELS": 8, "IMPLICIT": True, "WINDOW": 5, "C": 3}
 for dtype, acc in (("fp32", tl.float32), ("fp64", tl.float64)):
     for name in ("window", "smooth_softmax_pool", "threshold_masks", "pyramid"):
         module = importlib.import_module("sas_fast.ops.triton." + name)

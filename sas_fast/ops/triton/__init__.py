@@ -6,8 +6,9 @@ in its own module (kernels and autograd wiring together):
 - :func:`smooth_softmax_pool` (``smooth_softmax_pool.py``): Gaussian valid blur + the separable,
   stable soft-max-pool; backward as window sums, deterministic (gathers only, no atomics).
 - :func:`threshold_masks` (``threshold_masks.py``): one program per (image, area) pair runs the
-  bracket-safeguarded Levenberg-Marquardt solve (bracket and start clamp inside the kernel) and writes its mask;
-  implicit-gradient backward. :func:`solve_thresholds`: the same solve, no masks written.
+  Levenberg-Marquardt solve (Marquardt damping; the bracket, its safeguard, and the start clamp
+  inside the kernel) and writes its mask; implicit-gradient backward. :func:`solve_thresholds`:
+  the same solve, no masks written.
 - :func:`blur_pyramid`, :func:`pyramid_mask` (``pyramid.py``).
 - :func:`masked_images` (``masked_images.py``): the insertion / deletion images straight from
   the schedule and the thresholds, the masks recomputed in the backward.

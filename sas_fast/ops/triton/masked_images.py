@@ -9,7 +9,7 @@ Forward, one program per (b, k, pixel block): ``m = sigmoid(s (x - t_k))`` (``t 
 m = 0 / 1), rounded to the schedule's dtype as ``threshold_masks`` stores it; ``v = m``
 (insertion) or ``1 - m`` (deletion), ``w = v (L - 1)``, ``lev = min(floor(w), L - 2)``,
 ``f = w - lev``, ``out = (1 - f) P[lev] + f P[lev + 1]`` for every channel, written contiguous
-or channels-last (strides).
+or channels-last (strides). The channel count ``C`` is a compile-time constant (a run has one).
 
 Backward, two launches, no atomics: program (b, pixel block) recomputes m for every k and
 ``dL/dm_ki = (L - 1) sum_j sign_j sum_c dout_jkci (P[lev_j + 1] - P[lev_j])_ci`` (sign -1 for
@@ -44,9 +44,9 @@ def _mask(x_ptr, t_ptr, b, k, K, offs, ok, N, s, ACC: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, C, N, s: tl.float64, sc, si, J: tl.constexpr,
-                    FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr, ACC: tl.constexpr,
-                    BLOCK: tl.constexpr):
+def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, N, s: tl.float64, sc, si, C: tl.constexpr,
+                    J: tl.constexpr, FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr,
+                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b k, pixel block): the J images of mask (b, k) at these pixels, every channel."""
     s = tl.full([], s, ACC)
     bk = tl.program_id(0).to(tl.int64)
@@ -66,9 +66,9 @@ def _forward_kernel(x_ptr, t_ptr, p_ptr, out_ptr, K, C, N, s: tl.float64, sc, si
 
 
 @triton.jit
-def _gradient_kernel(g_ptr, x_ptr, t_ptr, p_ptr, acc_ptr, part_ptr, K, C, N, s: tl.float64, gb, gjk,
-                     gc, gi, J: tl.constexpr, FIRST_DELETION: tl.constexpr, LEVELS: tl.constexpr,
-                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _gradient_kernel(g_ptr, x_ptr, t_ptr, p_ptr, acc_ptr, part_ptr, K, N, s: tl.float64, gb, gjk,
+                     gc, gi, C: tl.constexpr, J: tl.constexpr, FIRST_DELETION: tl.constexpr,
+                     LEVELS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b, pixel block): ``acc[b, i] = sum_k G_ki``; ``part[b, block, k] = (sum G, sum w)``."""
     s = tl.full([], s, ACC)
     b = tl.program_id(0).to(tl.int64)
@@ -137,7 +137,7 @@ class MaskedImages(torch.autograd.Function):
         out = torch.empty(b * j * k, c, h, w, dtype=dtype, device=p.device, memory_format=fmt)
         block = block_size(n, p.device)
         _forward_kernel[(b * k, triton.cdiv(n, block))](
-            x, t, p, out, k, c, n, float(sharpness), out.stride(1), out.stride(3), J=j,
+            x, t, p, out, k, n, float(sharpness), out.stride(1), out.stride(3), C=c, J=j,
             FIRST_DELETION=modes[0] == "deletion", LEVELS=levels, ACC=acc_dtype(dtype), BLOCK=block)
         ctx.save_for_backward(x, t, p)
         ctx.sharpness, ctx.modes, ctx.implicit_grad = float(sharpness), tuple(modes), bool(implicit_grad)
@@ -157,8 +157,8 @@ class MaskedImages(torch.autograd.Function):
         sums = torch.empty(b, n, dtype=x.dtype, device=x.device)
         parts = torch.empty(b, blocks, k, 2, dtype=x.dtype, device=x.device)
         _gradient_kernel[(b, blocks)](
-            grad, x, t, p, sums, parts, k, c, n, ctx.sharpness, grad.stride(0), grad.stride(1),
-            grad.stride(2), grad.stride(4), J=len(ctx.modes), FIRST_DELETION=ctx.modes[0] == "deletion",
+            grad, x, t, p, sums, parts, k, n, ctx.sharpness, grad.stride(0), grad.stride(1),
+            grad.stride(2), grad.stride(4), C=c, J=len(ctx.modes), FIRST_DELETION=ctx.modes[0] == "deletion",
             LEVELS=levels, ACC=acc, BLOCK=block)
         if not ctx.implicit_grad:
             return sums.view(b, 1, h, w), None, None, None, None, None, None

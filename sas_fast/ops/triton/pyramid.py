@@ -8,7 +8,8 @@ straight into the pyramid.
 ``pyramid_mask``: ``(P B x L x C x H x W, m B x K x H x W) -> B x K x C x H x W``,
 ``w = m (L - 1)``, ``k = min(floor(w), L - 2)`` (and >= 0), ``f = w - k``,
 ``out = (1 - f) P[k] + f P[k + 1]``. Backward: ``dm = (L - 1) sum_c dout_c (P[k + 1] - P[k])_c``.
-One program per (b, mask, pixel block) loads the mask once and loops over the channels.
+One program per (b, mask, pixel block) loads the mask once and loops over the channels (``C``,
+a compile-time constant: a run has one channel count).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _level_and_fraction(m, LEVELS: tl.constexpr):
 
 
 @triton.jit
-def _mask_forward_kernel(p_ptr, m_ptr, out_ptr, K, C, HW, LEVELS: tl.constexpr,
+def _mask_forward_kernel(p_ptr, m_ptr, out_ptr, K, HW, C: tl.constexpr, LEVELS: tl.constexpr,
                          ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b k, pixel block): ``out[b, k, c] = (1 - f) P[b, lev] + f P[b, lev + 1]`` for every c."""
     bk = tl.program_id(0).to(tl.int64)
@@ -63,7 +64,7 @@ def _mask_forward_kernel(p_ptr, m_ptr, out_ptr, K, C, HW, LEVELS: tl.constexpr,
 
 
 @triton.jit
-def _mask_backward_kernel(p_ptr, m_ptr, g_ptr, dm_ptr, K, C, HW, LEVELS: tl.constexpr,
+def _mask_backward_kernel(p_ptr, m_ptr, g_ptr, dm_ptr, K, HW, C: tl.constexpr, LEVELS: tl.constexpr,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (b k, pixel block): ``dm[b, k] = (L - 1) sum_c dout[b, k, c] (P[lev + 1] - P[lev])_c``."""
     bk = tl.program_id(0).to(tl.int64)
@@ -93,7 +94,7 @@ class PyramidMask(torch.autograd.Function):
         out = torch.empty(b, k, c, h, w, dtype=dtype, device=pyramid.device)
         block = block_size(h * w, pyramid.device)
         _mask_forward_kernel[(b * k, triton.cdiv(h * w, block))](
-            pyramid, masks, out, k, c, h * w, LEVELS=levels, ACC=acc_dtype(dtype), BLOCK=block)
+            pyramid, masks, out, k, h * w, C=c, LEVELS=levels, ACC=acc_dtype(dtype), BLOCK=block)
         ctx.save_for_backward(pyramid, masks)
         return out
 
@@ -107,7 +108,7 @@ class PyramidMask(torch.autograd.Function):
         dm = torch.empty_like(masks)
         block = block_size(h * w, pyramid.device)
         _mask_backward_kernel[(b * k, triton.cdiv(h * w, block))](
-            pyramid, masks, grad, dm, k, c, h * w, LEVELS=levels,
+            pyramid, masks, grad, dm, k, h * w, C=c, LEVELS=levels,
             ACC=acc_dtype(torch.promote_types(grad.dtype, masks.dtype)), BLOCK=block)
         return None, dm
 

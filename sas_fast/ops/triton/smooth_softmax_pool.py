@@ -26,6 +26,9 @@ atomics, no ``reflection_pad2d_backward``). With ``c_i = g_i / E_i`` (``g`` the 
   i >= 2 H - 2 - y - r])`` for ``|i - y| <= r`` (the top and bottom mirror images of row y lie
   in the windows of those i, which are all within r of y); the same along columns;
 - the blur is transposed (full convolution with the same symmetric taps, two window sums).
+
+The window is a compile-time constant (``WINDOW``) of the four pooling kernels: a run has one
+window, so each kernel compiles once per run and its window loops have a known trip count.
 """
 from __future__ import annotations
 
@@ -56,20 +59,21 @@ def _fold_count(y, i, n, r):
 
 
 @triton.jit
-def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta: tl.float64, H, W, R, window, numel,
-                         ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta: tl.float64, H, W, numel,
+                         WINDOW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Triples ``(m, e, t)`` ``B x H x W`` of the row windows of the reflection-padded x."""
     beta = tl.full([], beta, ACC)
+    R = WINDOW // 2
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     j = idx % W
     row = x_ptr + (idx - j)
     m = tl.full([BLOCK], float("-inf"), ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         m = tl.maximum(m, tl.load(row + _reflect(j + d - R, W), mask=valid, other=0.0).to(ACC))
     e = tl.zeros([BLOCK], ACC)
     t = tl.zeros([BLOCK], ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         v = tl.load(row + _reflect(j + d - R, W), mask=valid, other=0.0).to(ACC)
         p = tl.exp(beta * (v - m))
         e += p
@@ -81,20 +85,21 @@ def _rows_forward_kernel(x_ptr, m_ptr, e_ptr, t_ptr, beta: tl.float64, H, W, R, 
 
 @triton.jit
 def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, beta: tl.float64, H, W,
-                         R, window, numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                         numel, WINDOW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Merge the row triples of padded rows i..i+ws-1: ``M, E`` and ``out = T / E``, ``B x H x W``."""
     beta = tl.full([], beta, ACC)
+    R = WINDOW // 2
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     i = (idx // W) % H
     base = idx - i * W                      # (b, 0, j)
     big_m = tl.full([BLOCK], float("-inf"), ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         at = base + _reflect(i + d - R, H) * W
         big_m = tl.maximum(big_m, tl.load(m_ptr + at, mask=valid, other=0.0).to(ACC))
     big_e = tl.zeros([BLOCK], ACC)
     big_t = tl.zeros([BLOCK], ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         at = base + _reflect(i + d - R, H) * W
         scale = tl.exp(beta * (tl.load(m_ptr + at, mask=valid, other=0.0).to(ACC) - big_m))
         big_e += scale * tl.load(e_ptr + at, mask=valid, other=1.0).to(ACC)
@@ -106,11 +111,12 @@ def _cols_forward_kernel(m_ptr, e_ptr, t_ptr, big_m_ptr, big_e_ptr, out_ptr, bet
 
 @triton.jit
 def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr, b_ptr,
-                          beta: tl.float64, H, W, R, window, numel, ACC: tl.constexpr,
+                          beta: tl.float64, H, W, numel, WINDOW: tl.constexpr, ACC: tl.constexpr,
                           BLOCK: tl.constexpr):
     """``A_y, B_y`` (``B x H x W``): sums over the outputs i whose column window holds a padded
     copy of row y, each counted once per copy."""
     beta = tl.full([], beta, ACC)
+    R = WINDOW // 2
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     y = (idx // W) % H
@@ -118,7 +124,7 @@ def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr,
     m_y = tl.load(m_ptr + idx, mask=valid, other=0.0).to(ACC)
     acc_a = tl.zeros([BLOCK], ACC)
     acc_b = tl.zeros([BLOCK], ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         i = y - R + d
         count = _fold_count(y, i, H, R)
         ok = valid & (count > 0)
@@ -133,17 +139,18 @@ def _cols_backward_kernel(grad_ptr, m_ptr, big_m_ptr, big_e_ptr, out_ptr, a_ptr,
 
 
 @triton.jit
-def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta: tl.float64, H, W, R, window,
-                          numel, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta: tl.float64, H, W, numel,
+                          WINDOW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Gradient ``B x H x W`` w.r.t. the blurred x, the reflection padding folded back."""
     beta = tl.full([], beta, ACC)
+    R = WINDOW // 2
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < numel
     v = idx % W
     row = idx - v                           # (b, y, 0)
     xv = tl.load(x_ptr + idx, mask=valid, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK], ACC)
-    for d in range(window):
+    for d in range(WINDOW):
         j = v - R + d
         count = _fold_count(v, j, W, R)
         ok = valid & (count > 0)
@@ -154,9 +161,9 @@ def _rows_backward_kernel(x_ptr, m_ptr, a_ptr, b_ptr, dx_ptr, beta: tl.float64, 
     tl.store(dx_ptr + idx, acc, mask=valid)
 
 
-def _launch(kernel, numel, device, *args, acc):
+def _launch(kernel, numel, device, *args, window, acc):
     block = block_size(numel, device)
-    kernel[(triton.cdiv(numel, block),)](*args, numel, ACC=acc, BLOCK=block)
+    kernel[(triton.cdiv(numel, block),)](*args, numel, WINDOW=window, ACC=acc, BLOCK=block)
 
 
 def _smoothing_taps(window: int, like: torch.Tensor) -> torch.Tensor:
@@ -175,10 +182,11 @@ class SmoothSoftmaxPool(torch.autograd.Function):
         taps, acc = _smoothing_taps(window, p), acc_dtype(p.dtype)
         x = window_sum(window_sum(p, taps, 2, 0, w), taps, 1, 0, h)   # B x H x W
         m, e, t = (torch.empty_like(x) for _ in range(3))
-        _launch(_rows_forward_kernel, m.numel(), p.device, x, m, e, t, beta, h, w, r, window, acc=acc)
+        _launch(_rows_forward_kernel, m.numel(), p.device, x, m, e, t, beta, h, w, window=window,
+                acc=acc)
         big_m, big_e, out = (torch.empty_like(x) for _ in range(3))
-        _launch(_cols_forward_kernel, x.numel(), p.device, m, e, t, big_m, big_e, out, beta, h, w, r,
-                window, acc=acc)
+        _launch(_cols_forward_kernel, x.numel(), p.device, m, e, t, big_m, big_e, out, beta, h, w,
+                window=window, acc=acc)
         ctx.save_for_backward(x, m, big_m, big_e, out)
         ctx.window, ctx.beta = window, beta
         return out.unsqueeze(1)
@@ -193,8 +201,8 @@ class SmoothSoftmaxPool(torch.autograd.Function):
         grad = grad[:, 0].to(x.dtype).contiguous()
         a, bb, dx = (torch.empty_like(x) for _ in range(3))
         _launch(_cols_backward_kernel, x.numel(), x.device, grad, m, big_m, big_e, out, a, bb, beta,
-                h, w, r, window, acc=acc)
-        _launch(_rows_backward_kernel, x.numel(), x.device, x, m, a, bb, dx, beta, h, w, r, window,
+                h, w, window=window, acc=acc)
+        _launch(_rows_backward_kernel, x.numel(), x.device, x, m, a, bb, dx, beta, h, w, window=window,
                 acc=acc)
         taps = _smoothing_taps(window, x)
         dp = window_sum(window_sum(dx, taps, 1, -2 * r, h + 2 * r), taps, 2, -2 * r, w + 2 * r)
