@@ -6,7 +6,10 @@ Python and returns or writes a tensor (the C++ backend's fused ops count once ea
 counted apart, and so are allocations (``empty``: no kernel either), and ops returning no tensor (``promote_types``, profiler records) not at all.
 Triton launches are counted by a hook on the launch path of compiled and interpreted kernels
 (``JITFunction.run`` / ``InterpretedFunction.run``, warm-up calls excluded; the interpreter's
-own tensor copies inside a launch are not counted). The model's forward
+own tensor copies inside a launch are not counted), with the programs each launch's grid holds
+(``triton_programs``; under the interpreter ``--cuda-blocks`` gives the grids of the CUDA block
+sizes, e.g. ``--backend triton --cuda-blocks --size 224 --batch 1`` and ``--size 32 --batch 128``).
+The model's forward
 and backward are left out: hooks pause the count from the model's input to its output, and in the
 backward from the gradient of its output to the gradient of its input.
 
@@ -25,8 +28,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,14 +44,15 @@ from sas_fast.step import Objective
 
 class LaunchCounter(TorchDispatchMode):
     """Counts torch ops (``ops``: kernels; ``views`` and ``allocations`` apart) and Triton
-    launches (``triton``) by name while active and not ``paused``; ``largest_allocation``: the
-    most elements one allocation asked for."""
+    launches (``triton``) and their programs (``programs``) by name while active and not
+    ``paused``; ``largest_allocation``: the most elements one allocation asked for."""
 
     ALLOCATIONS = ("aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty")
 
     def __init__(self):
         super().__init__()
         self.ops, self.views, self.allocations, self.triton = Counter(), Counter(), Counter(), Counter()
+        self.programs = Counter()
         self.largest_allocation = 0
         self.paused = False
 
@@ -63,20 +68,23 @@ class LaunchCounter(TorchDispatchMode):
                     leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)])
         return out
 
-    def count_launch(self, name: str) -> None:
+    def count_launch(self, name: str, programs: int = 1) -> None:
         if not self.paused:
             self.triton[name] += 1
+            self.programs[name] += programs
 
     def summary(self) -> dict:
         return {"torch_ops": sum(self.ops.values()), "triton_launches": sum(self.triton.values()),
                 "total": sum(self.ops.values()) + sum(self.triton.values()),
                 "views": sum(self.views.values()), "allocations": sum(self.allocations.values()),
-                "largest_allocation": self.largest_allocation, "by_name": dict(self.ops + self.triton)}
+                "largest_allocation": self.largest_allocation, "by_name": dict(self.ops + self.triton),
+                "triton_programs": sum(self.programs.values()), "programs_by_name": dict(self.programs)}
 
 
 @contextmanager
 def triton_launch_hook(counter: LaunchCounter):
-    """Calls ``counter.count_launch(kernel name)`` on every Triton launch (compiled or interpreted)."""
+    """Calls ``counter.count_launch(kernel name, programs in its grid)`` on every Triton launch
+    (compiled or interpreted)."""
     classes = []
     try:
         from triton.runtime.interpreter import InterpretedFunction
@@ -90,7 +98,8 @@ def triton_launch_hook(counter: LaunchCounter):
         def counted(self, *args, grid, warmup, **kwargs):
             if warmup:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-            counter.count_launch(getattr(self.fn, "__name__", "triton kernel"))
+            shape = grid(kwargs) if callable(grid) else grid
+            counter.count_launch(getattr(self.fn, "__name__", "triton kernel"), math.prod(shape))
             paused, counter.paused = counter.paused, True
             try:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
@@ -205,9 +214,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-masks", type=int, default=20)
     parser.add_argument("--mode", default="both")
     parser.add_argument("--memory", action="store_true", help="peak memory instead of launch counts")
+    parser.add_argument("--cuda-blocks", action="store_true",
+                        help="Triton launches take the CUDA block sizes on any device (interpreter)")
     args = parser.parse_args(argv)
     measure = peak_memory if args.memory else count_iteration
-    result = measure(args.backend, args.size, args.batch, args.num_masks, args.mode, args.device)
+    blocks = nullcontext()
+    if args.cuda_blocks:
+        from sas_fast.ops.triton.launch import cuda_block_sizes
+        blocks = cuda_block_sizes()
+    with blocks:
+        result = measure(args.backend, args.size, args.batch, args.num_masks, args.mode, args.device)
     print(json.dumps(result, indent=1, sort_keys=True))
     return result
 
