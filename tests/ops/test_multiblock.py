@@ -106,3 +106,11 @@ def test_masked_images(blocks, size, mode, implicit_grad):
                       schedule)
     for g, w in zip(got, want):
         _close(g, w)
+
+
+@pytest.mark.parametrize("divisor", [0, 3])
+def test_block_divisor_must_be_a_power_of_two(divisor):
+    from sas_fast.ops.triton.launch import cuda_block_sizes
+    with pytest.raises(ValueError, match="divisor must be a power of 2"):
+        with cuda_block_sizes(divisor):
+            pass
