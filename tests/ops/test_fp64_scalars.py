@@ -54,6 +54,9 @@ def _relative(got, want):
 
 
 def test_float64_kernels_match_the_reference_with_unrepresentable_scalars():
+    """The interpreter keeps a Python float argument in float64 whatever its annotation, so this
+    checks the in-kernel conversion (``tl.full(.., ACC)``; ``tl.cast`` would round through fp32)
+    and the arithmetic; the compiled argument type is the test above."""
     g = torch.Generator().manual_seed(3)
     premask = torch.randn(2, 1, 15, 14, dtype=D, generator=g)
     upstream = torch.randn(2, 1, 11, 10, dtype=D, generator=g)
