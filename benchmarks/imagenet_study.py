@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -55,18 +56,25 @@ def split_indices(count: int, split: str, n: int) -> np.ndarray:
     return order[:n] if split == "evaluation" else order[::-1][:n]
 
 
-def run_method(method: str, model, x: torch.Tensor, label: int, precision: str) -> dict:
-    """``{row name: (map H x W, passes)}`` for one photo ``x`` (``1 x 3 x 224 x 224``)."""
+def run_method(method: str, model, x: torch.Tensor, labels: list, precision: str,
+               backend: str = "auto", quick: bool = False) -> list:
+    """One ``{row name: (map H x W, passes)}`` per photo of ``x`` (``B x 3 x S x S``). ``quick``:
+    SaS cut to 2 iterations (its cut at 1), EP to 5 steps (a rehearsal of the pipeline only)."""
     if method in BASELINES:
-        return {method: (BASELINES[method](model, x, label)[0], BASELINE_PASSES[method])}
-    trace_iterations = CUTS if method == "fast-imagenet" else ()
-    saliency, trace = sas_fast.attribute(model, x, label, preset=method, precision=precision,
-                                         return_trace=True, trace_iterations=trace_iterations,
-                                         progress=False)
-    out = {method: (saliency[0], int(trace.passes[0]))}
+        options = {"max_iter": 5} if quick and method == "extremal_perturbation" else {}
+        maps = BASELINES[method](model, x, labels, **options)
+        return [{method: (m, BASELINE_PASSES[method])} for m in maps]
+    cuts = ((1,) if quick else CUTS) if method == "fast-imagenet" else ()
+    saliency, trace = sas_fast.attribute(model, x, labels, preset=method, precision=precision,
+                                         backend=backend, return_trace=True, trace_iterations=cuts,
+                                         progress=False, **({"iterations": 2} if quick else {}))
     per_iteration = make_config(method).passes_per_iteration()
-    for i, it in enumerate(trace.iterations if method == "fast-imagenet" else ()):
-        out[f"cut@{it * per_iteration}"] = (trace.saliency[i][0], it * per_iteration)
+    out = []
+    for b in range(x.shape[0]):
+        maps = {method: (saliency[b], int(trace.passes[b]))}
+        for i, it in enumerate(trace.iterations if cuts else ()):
+            maps[f"cut@{it * per_iteration}"] = (trace.saliency[i][b], it * per_iteration)
+        out.append(maps)
     return out
 
 
@@ -84,9 +92,31 @@ def read_rows(path: Path) -> dict:
 
 
 def append_row(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    """One line in one ``write`` on an append-only descriptor: shards may share the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        shard, shards = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N with integers, got {text!r}") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return shard, shards
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> str:
@@ -134,7 +164,18 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default="fast-imagenet")
     ap.add_argument("--lite", type=int, choices=sorted(LITE_SIZES), default=0,
                     help="EfficientNet-Lite variant (default 0; input size %s)" % LITE_SIZES)
+    ap.add_argument("--device", default="cpu", help="torch device of the model and the maps (default cpu)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="photos per call (SaS and the batched baselines; EP takes one at a time)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "reference", "triton", "cpp"],
+                    help="SaS's ops backend (default auto)")
+    ap.add_argument("--quick", action="store_true",
+                    help="SaS at 2 iterations, EP at 5 steps: a rehearsal of the pipeline, not a result")
+    ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
+                    help="only every N-th photo of the split from the I-th (processes that share --out)")
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        ap.error(f"--batch must be an integer >= 1, got {args.batch}")
     if args.report:
         print(report(args.out, args.split, args.reference))
         return 0
@@ -148,34 +189,47 @@ def main(argv=None) -> int:
     source = open_source(args.images)
     if source.labels is None:
         raise SystemExit(f"{args.images} has no labels (labels.csv or ImageFolder layout)")
-    model = efficientnet_lite(args.lite)
+    device = torch.device(args.device)
+    model = efficientnet_lite(args.lite).to(device)
+    size = LITE_SIZES[args.lite]
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = {"model": f"efficientnet-lite{args.lite}", "cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"model": f"efficientnet-lite{args.lite}", "device": device_name(device),
+               "cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    shard, shards = args.shard
     for method in methods:
         path = args.out / f"{args.split}_{method}.jsonl"
-        done = read_rows(path)
-        for index in split_indices(len(source), args.split, args.n).tolist():
-            if index in done:
-                continue
-            x = preprocess_imagenet(source.load(index), size=LITE_SIZES[args.lite], crop=True)[0]
-            label = int(source.labels[index])
+        todo = [i for i in split_indices(len(source), args.split, args.n).tolist()[shard::shards]
+                if i not in read_rows(path)]
+        batch = 1 if method == "extremal_perturbation" else args.batch
+        for first in range(0, len(todo), batch):
+            indices = todo[first:first + batch]
+            x = torch.cat([preprocess_imagenet(source.load(i), size=size, crop=True)[0]
+                           for i in indices]).to(device)
+            labels = [int(source.labels[i]) for i in indices]
+            sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
-            maps = run_method(method, model, x, label, args.precision)
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-            for name, (saliency, passes) in sorted(maps.items(), key=lambda kv: kv[0] == method):
-                saliency = saliency.half()            # scored as stored, float16
-                game = deletion_game(model, x, saliency[None].float(), label, image_ids=[index])
-                row = {"index": index, "file": source.name(index), "label": label, "passes": passes,
-                       "seconds": round(seconds, 2) if name == method else None,
-                       "cpu_seconds": round(cpu, 2) if name == method else None,
-                       "ins": game.ins, "del": game.dele, "overall": game.overall,
-                       "insertion": game.insertion[0].tolist(), "deletion": game.deletion[0].tolist(),
-                       "precision": args.precision if name not in BASELINES else "fp32", **machine}
-                (args.maps / name).mkdir(parents=True, exist_ok=True)
-                np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy())
-                append_row(args.out / f"{args.split}_{name}.jsonl", row)
-            print(f"{method} photo {index} ({source.name(index)}): Overall "
-                  f"{read_rows(path)[index]['overall']:.3f}, {seconds:.1f} s", flush=True)
+            photo_maps = run_method(method, model, x, labels, args.precision, args.backend, args.quick)
+            sync(device)
+            seconds = (time.perf_counter() - start) / len(indices)
+            cpu = (time.process_time() - cpu_start) / len(indices)
+            for b, (index, label, maps) in enumerate(zip(indices, labels, photo_maps)):
+                for name, (saliency, passes) in sorted(maps.items(), key=lambda kv: kv[0] == method):
+                    saliency = saliency.half()            # scored as stored, float16
+                    game = deletion_game(model, x[b:b + 1], saliency[None].float(), label,
+                                         image_ids=[index])
+                    row = {"index": index, "file": source.name(index), "label": label, "passes": passes,
+                           "seconds": round(seconds, 3) if name == method else None,
+                           "cpu_seconds": round(cpu, 3) if name == method else None,
+                           "batch": len(indices), "ins": game.ins, "del": game.dele,
+                           "overall": game.overall, "insertion": game.insertion[0].tolist(),
+                           "deletion": game.deletion[0].tolist(),
+                           "precision": args.precision if name not in BASELINES else "fp32",
+                           "backend": args.backend if name not in BASELINES else None, **machine}
+                    (args.maps / name).mkdir(parents=True, exist_ok=True)
+                    np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy())
+                    append_row(args.out / f"{args.split}_{name}.jsonl", row)
+                print(f"{method} photo {index} ({source.name(index)}): Overall "
+                      f"{read_rows(path)[index]['overall']:.3f}, {seconds:.2f} s", flush=True)
     print(report(args.out, args.split, args.reference))
     return 0
 

@@ -81,3 +81,13 @@ def test_summary_keeps_cold_and_warm_apart_and_names_cut_steps(tmp_path):
     assert "| solve_thresholds | warm | B1-224px | 2.000 | 0.250 | 8.0 |" in summary
     assert "pytest did not finish; finished so far: 1 passed, 1 failed, 0 skipped" in summary
     assert "## NLI solver\n\nno results (FileNotFoundError" in summary
+
+
+def test_asked_steps_run_alone_and_the_rest_are_named(tmp_path):
+    env = dict(os.environ, GPU_CHECK_REHEARSAL="1", PYTHON=sys.executable, GPU_CHECK_STEPS="env nli")
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| env | passed |" in summary and "| nli | passed |" in summary
+    assert all(f"| {name} | not asked |" in summary for name in STEPS if name not in ("env", "nli"))

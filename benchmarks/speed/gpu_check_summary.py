@@ -34,7 +34,8 @@ def steps(folder: Path) -> list:
     rows = []
     for line in path.read_text().splitlines()[1:]:
         name, rc, seconds, cap = line.split("\t")
-        status = "passed" if rc == "0" else rc if rc == "not run" else CUT.get(rc, f"failed (exit code {rc})")
+        status = ("passed" if rc == "0" else rc if rc in ("not run", "not asked")
+                  else CUT.get(rc, f"failed (exit code {rc})"))
         rows.append((name, status, seconds, cap))
     return _table(["step", "status", "seconds", "cap s"], rows)
 

@@ -1,0 +1,74 @@
+"""Smoke test of benchmarks/imagenet_study.py on four generated photos with a tiny model: batched
+photos, shards sharing one rows file, resume, and the report."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sas_fast import config
+
+from test_reproduce import _script
+from tiny_model import make
+
+
+def _photo_folder(root, count=4):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["file,class_index,wnid,name"]
+    for i in range(count):
+        name = f"{i:04d}_n0000000{i}_thing.jpg"
+        Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(root / name)
+        lines.append(f"{name},{i % 3},n0000000{i},thing")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    study = _script("imagenet_study")
+    model = make()[0]
+    monkeypatch.setattr(study, "efficientnet_lite", lambda variant: model)
+    monkeypatch.setitem(config.PRESETS, "fast", config.SaSConfig(iterations=2, area_samples=3))
+    photos = _photo_folder(tmp_path / "photos")
+    out, maps = tmp_path / "rows", tmp_path / "maps"
+    args = ["--images", str(photos), "--n", "3", "--out", str(out), "--maps", str(maps),
+            "--precision", "fp32", "--reference", "gradient"]
+    for shard in ("0/2", "1/2"):              # two processes' halves of the split, one rows file
+        assert study.main(args + ["--methods", "fast,gradient", "--batch", "2", "--shard", shard]) == 0
+    fast, gradient = _rows(out / "evaluation_fast.jsonl"), _rows(out / "evaluation_gradient.jsonl")
+    indices = study.split_indices(4, "evaluation", 3).tolist()
+    assert sorted(r["index"] for r in fast) == sorted(indices) == sorted(r["index"] for r in gradient)
+    assert {r["passes"] for r in fast} == {2 * 6} and {r["passes"] for r in gradient} == {1}
+    assert all(r["device"] == "cpu" and 0 <= r["overall"] <= 1 and len(r["insertion"]) == 11 for r in fast)
+    assert all(np.load(maps / "fast" / f"{i:04d}.npy").dtype == np.float16 for i in indices)
+    # the same photo scores the same alone as in a batch of the batched baseline
+    one = tmp_path / "one"
+    assert study.main(args[:4] + ["--out", str(one), "--maps", str(maps), "--methods", "gradient"]) == 0
+    alone = {r["index"]: r["overall"] for r in _rows(one / "evaluation_gradient.jsonl")}
+    assert alone == pytest.approx({r["index"]: r["overall"] for r in gradient}, abs=1e-6)
+    # resume: a finished split does no work; the report pairs the methods on the shared photos
+    capsys.readouterr()
+    assert study.main(args + ["--methods", "fast,gradient"]) == 0
+    assert len(_rows(out / "evaluation_fast.jsonl")) == 3
+    table = capsys.readouterr().out
+    assert "N = 3" in table and "| fast | 12 |" in table and "(" in table.split("| fast |")[1]
+    for bad in (["--batch", "0"], ["--shard", "2/2"], ["--shard", "x"]):
+        with pytest.raises(SystemExit):
+            study.main(args + bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_imagenet_study_on_cuda(tmp_path, monkeypatch):
+    study = _script("imagenet_study")
+    model = make()[0]
+    monkeypatch.setattr(study, "efficientnet_lite", lambda variant: model)
+    monkeypatch.setitem(config.PRESETS, "fast", config.SaSConfig(iterations=2, area_samples=3))
+    photos = _photo_folder(tmp_path / "photos")
+    assert study.main(["--images", str(photos), "--n", "2", "--out", str(tmp_path / "rows"), "--maps",
+                       str(tmp_path / "maps"), "--methods", "fast", "--device", "cuda", "--batch", "2"]) == 0
+    assert all(r["device"] != "cpu" for r in _rows(tmp_path / "rows" / "evaluation_fast.jsonl"))
