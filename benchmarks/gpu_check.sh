@@ -31,7 +31,8 @@ REHEARSAL=${GPU_CHECK_REHEARSAL:-0}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 OPS_TESTS=(test_step_pipeline test_mask_pipeline test_solve_thresholds test_threshold_masks
            test_masked_images test_smooth_softmax_pool test_pyramid_mask test_blur_pyramid)
-CONFORMANCE=(tests/ops/test_backends.py tests/ops/test_triton.py tests/test_cuda_attribute.py)
+CONFORMANCE=(tests/ops/test_backends.py tests/ops/test_triton.py tests/ops/test_deterministic.py tests/test_cuda_attribute.py
+             tests/test_iteration_cost.py tests/test_imagenet_study.py)
 if [ "$REHEARSAL" = 1 ]; then
     export TRITON_INTERPRET=1
     PIPELINE=(--device cpu --backend triton --quick --profile)
