@@ -34,9 +34,10 @@ import sas_fast
 from sas_fast import baselines
 from sas_fast.config import PRESETS, make_config
 from sas_fast.dataset.sources import open_source
-from sas_fast.evaluate import deletion_game
+from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models.efficientnet import LITE_SIZES, efficientnet_lite, preprocess_imagenet
 from sas_fast.precision import cpu_capability
+from sas_fast.viz import attribution_grid, plot_game_curves
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 BASELINES = {**baselines.BASELINES, "extremal_perturbation": baselines.extremal_perturbation}
@@ -150,6 +151,49 @@ def report(out: Path, split: str, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(args, source, model, device: torch.device) -> None:
+    """Figure 4 (mean insertion / deletion curves of each method on the photos all share) and a
+    compare grid of the first ``args.grid`` of those photos, from the rows in ``args.out``; a map
+    missing from ``args.maps`` is computed (and kept there)."""
+    rows = {m: r for m, r in ((p.stem[len(args.split) + 1:], read_rows(p))
+                              for p in sorted(args.out.glob(f"{args.split}_*.jsonl")))
+            if r and not m.startswith("cut@")}
+    if not rows:
+        raise SystemExit(f"no rows for split {args.split!r} in {args.out}")
+    common = sorted(set.intersection(*(set(r) for r in rows.values())))
+    order = sorted(rows, key=lambda m: -np.mean([rows[m][i]["overall"] for i in common]))
+    passes = {m: rows[m][common[0]]["passes"] for m in order}
+    label = {m: f"{passes[m]:,} pass{'es' if passes[m] != 1 else ''}" for m in order}
+    curves = {f"{m} ({label[m]})": GameResult(
+        torch.linspace(0, 1, 11, dtype=torch.float64),
+        torch.tensor([rows[m][i]["insertion"] for i in common], dtype=torch.float64),
+        torch.tensor([rows[m][i]["deletion"] for i in common], dtype=torch.float64),
+        torch.tensor([rows[m][i]["label"] for i in common])) for m in order}
+    args.figures.mkdir(parents=True, exist_ok=True)
+    plot_game_curves(curves, args.figures / f"imagenet_curves_lite{args.lite}.png",
+                     f"EfficientNet-Lite{args.lite}, {len(common)} ImageNet photos")
+    shown, grid = [], []
+    photos = [i for i in split_indices(len(source), args.split, len(source)).tolist() if i in common]
+    for index in photos[:args.grid]:
+        x, image = preprocess_imagenet(source.load(index), size=LITE_SIZES[args.lite], crop=True)
+        shown.append(image.numpy())
+        grid.append([])
+        for method in order:
+            path = args.maps / method / f"{index:04d}.npy"
+            if not path.exists():
+                saliency = run_method(method, model, x.to(device), [rows[method][index]["label"]],
+                                      args.precision, args.backend)[0][method][0]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, saliency.half().cpu().numpy())
+            saliency = torch.from_numpy(np.load(path).astype(np.float32))
+            saliency -= saliency.min()
+            grid[-1].append(saliency / saliency.max().clamp_min(1e-12))    # shown min-max scaled
+    names = [f"{m}\n{label[m]}" for m in order]
+    attribution_grid(shown, grid, order, args.figures / f"imagenet_compare_grid_lite{args.lite}.jpg",
+                     col_titles=names,
+                     row_titles=[Path(source.name(i)).stem.split("_", 2)[-1] for i in photos[:args.grid]])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, default=SHARED / "data" / "imagenet_samples")
@@ -171,6 +215,9 @@ def main(argv=None) -> int:
                     help="SaS's ops backend (default auto)")
     ap.add_argument("--quick", action="store_true",
                     help="SaS at 2 iterations, EP at 5 steps: a rehearsal of the pipeline, not a result")
+    ap.add_argument("--figures", type=Path, metavar="DIR",
+                    help="only draw the curves and the compare grid of --out's methods into DIR")
+    ap.add_argument("--grid", type=int, default=4, help="photos in the compare grid (default 4)")
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                     help="only every N-th photo of the split from the I-th (processes that share --out)")
     args = ap.parse_args(argv)
@@ -192,6 +239,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     model = efficientnet_lite(args.lite).to(device)
     size = LITE_SIZES[args.lite]
+    if args.figures:
+        figures(args, source, model, device)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     machine = {"model": f"efficientnet-lite{args.lite}", "device": device_name(device),
                "cpu": cpu_capability(), "threads": torch.get_num_threads(), "torch": torch.__version__}

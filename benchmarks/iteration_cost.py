@@ -8,7 +8,10 @@ Triton launches are counted by a hook on the launch path of compiled and interpr
 (``JITFunction.run`` / ``InterpretedFunction.run``, warm-up calls excluded; the interpreter's
 own tensor copies inside a launch are not counted), with the programs each launch's grid holds
 (``triton_programs``; under the interpreter ``--cuda-blocks`` gives the grids of the CUDA block
-sizes, e.g. ``--backend triton --cuda-blocks --size 224 --batch 1`` and ``--size 32 --batch 128``).
+sizes, e.g. ``--backend triton --cuda-blocks --size 224 --batch 1`` and ``--size 32 --batch 128``;
+``launch_shapes``: the fewest programs of one launch and the warps of each kernel;
+``under_filled_h200``: the kernels with a launch that neither fills an H200's 132 multiprocessors nor
+runs >= 8 warps with <= 256 elements per thread per pass).
 The model's forward
 and backward are left out: hooks pause the count from the model's input to its output, and in the
 backward from the gradient of its output to the gradient of its input.
@@ -53,6 +56,7 @@ class LaunchCounter(TorchDispatchMode):
         super().__init__()
         self.ops, self.views, self.allocations, self.triton = Counter(), Counter(), Counter(), Counter()
         self.programs = Counter()
+        self.launch_shapes = {}          # kernel name -> (fewest programs of one launch, most warps)
         self.largest_allocation = 0
         self.paused = False
 
@@ -68,17 +72,29 @@ class LaunchCounter(TorchDispatchMode):
                     leaf.numel() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)])
         return out
 
-    def count_launch(self, name: str, programs: int = 1) -> None:
+    def count_launch(self, name: str, programs: int = 1, warps: int = 4) -> None:
         if not self.paused:
             self.triton[name] += 1
             self.programs[name] += programs
+            fewest, most = self.launch_shapes.get(name, (programs, warps))
+            self.launch_shapes[name] = (min(fewest, programs), max(most, warps))
 
     def summary(self) -> dict:
         return {"torch_ops": sum(self.ops.values()), "triton_launches": sum(self.triton.values()),
                 "total": sum(self.ops.values()) + sum(self.triton.values()),
                 "views": sum(self.views.values()), "allocations": sum(self.allocations.values()),
                 "largest_allocation": self.largest_allocation, "by_name": dict(self.ops + self.triton),
-                "triton_programs": sum(self.programs.values()), "programs_by_name": dict(self.programs)}
+                "triton_programs": sum(self.programs.values()), "programs_by_name": dict(self.programs),
+                "launch_shapes": {name: {"programs": p, "warps": w} for name, (p, w) in self.launch_shapes.items()}}
+
+
+def under_filled(summary: dict, pixels: int, sms: int = 132, elements_per_thread: int = 256) -> list:
+    """Kernels with a launch that neither fills ``sms`` multiprocessors (>= ``sms`` programs) nor
+    runs >= 8 warps per program with <= ``elements_per_thread`` elements per thread per pass over
+    ``pixels`` (the GPU target at B = 1)."""
+    return sorted(name for name, shape in summary["launch_shapes"].items()
+                  if shape["programs"] < sms and not (
+                      shape["warps"] >= 8 and pixels <= shape["warps"] * 32 * elements_per_thread))
 
 
 @contextmanager
@@ -99,7 +115,8 @@ def triton_launch_hook(counter: LaunchCounter):
             if warmup:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
             shape = grid(kwargs) if callable(grid) else grid
-            counter.count_launch(getattr(self.fn, "__name__", "triton kernel"), math.prod(shape))
+            counter.count_launch(getattr(self.fn, "__name__", "triton kernel"), math.prod(shape),
+                                 kwargs.get("num_warps", 4))
             paused, counter.paused = counter.paused, True
             try:
                 return run(self, *args, grid=grid, warmup=warmup, **kwargs)
@@ -224,6 +241,8 @@ def main(argv=None) -> dict:
         blocks = cuda_block_sizes()
     with blocks:
         result = measure(args.backend, args.size, args.batch, args.num_masks, args.mode, args.device)
+    if args.cuda_blocks and not args.memory:
+        result["under_filled_h200"] = under_filled(result, args.size * args.size)
     print(json.dumps(result, indent=1, sort_keys=True))
     return result
 

@@ -78,7 +78,7 @@ def recorded_launches(dtype: torch.dtype) -> dict:
     :func:`run_ops` makes, signatures typed as the JIT types them."""
     launches, run = {}, JITFunction.run
 
-    def record(self, *args, grid, warmup, **kwargs):
+    def record(self, *args, grid, warmup, num_warps=4, **kwargs):
         bound = inspect.signature(self.fn).bind(*args, **kwargs).arguments
         signature, constexprs = {}, {}
         for i, p in enumerate(self.params):
@@ -88,8 +88,8 @@ def recorded_launches(dtype: torch.dtype) -> dict:
             else:
                 signature[p.name] = p.annotation_type or mangle_type(value)
         key = (self.fn.__name__, tuple(signature.items()), tuple(sorted(
-            (i, str(v)) for (i,), v in constexprs.items())))
-        launches.setdefault(key, (self, signature, constexprs))
+            (i, str(v)) for (i,), v in constexprs.items())), num_warps)
+        launches.setdefault(key, (self, signature, constexprs, num_warps))
 
     JITFunction.run = record
     try:
@@ -112,11 +112,12 @@ def resources(cubin: bytes) -> dict:
             "static_shared_bytes": int(usage[3])}
 
 
-def check(kernel, signature: dict, constexprs: dict, cc: int) -> tuple:
+def check(kernel, signature: dict, constexprs: dict, num_warps: int, cc: int) -> tuple:
     """``(resources or None, problems)`` of ``kernel`` compiled for ``sm_<cc>``: a compile error,
     spills, or shared memory over the target's limit."""
     try:
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", cc, 32))
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", cc, 32),
+                                  options={"num_warps": num_warps})
     except Exception as exc:  # noqa: BLE001 - every compile error is a finding
         return None, [f"{type(exc).__name__}: {str(exc)[:500]}"]
     usage = {**resources(compiled.asm["cubin"]), "shared_bytes": compiled.metadata.shared,
@@ -135,12 +136,12 @@ def compile_all(targets, dtypes) -> dict:
     records, failures = [], []
     for dtype_name in dtypes:
         launches = recorded_launches(DTYPES[dtype_name])
-        for (name, _, consts), (kernel, signature, constexprs) in sorted(launches.items(), key=str):
+        for (name, _, consts, _), (kernel, signature, constexprs, num_warps) in sorted(launches.items(), key=str):
             for cc in targets:
                 where = {"kernel": name, "module": kernel.fn.__module__.rsplit(".", 1)[-1],
                          "dtype": dtype_name, "target": f"sm_{cc}",
                          "constexprs": {kernel.params[i].name: value for i, value in consts}}
-                usage, problems = check(kernel, signature, constexprs, cc)
+                usage, problems = check(kernel, signature, constexprs, num_warps, cc)
                 if usage is not None:
                     records.append({**where, **usage})
                 failures += [{**where, "error": problem} for problem in problems]

@@ -57,6 +57,12 @@ def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch
     assert len(_rows(out / "evaluation_fast.jsonl")) == 3
     table = capsys.readouterr().out
     assert "N = 3" in table and "| fast | 12 |" in table and "(" in table.split("| fast |")[1]
+    # figure 4 and the compare grid from the rows; a map that is not kept is computed again
+    (maps / "gradient" / f"{indices[0]:04d}.npy").unlink()
+    assert study.main(args + ["--figures", str(tmp_path / "figures"), "--grid", "2"]) == 0
+    assert all((tmp_path / "figures" / f"imagenet_{name.replace('.', '_lite0.')}").stat().st_size > 10_000
+               for name in ("curves.png", "compare_grid.jpg"))
+    assert (maps / "gradient" / f"{indices[0]:04d}.npy").exists()
     for bad in (["--batch", "0"], ["--shard", "2/2"], ["--shard", "x"]):
         with pytest.raises(SystemExit):
             study.main(args + bad)

@@ -64,3 +64,32 @@ def test_iteration_launches_at_most_25_outside_the_model(backend, device, mode):
     counts = cost.count_iteration(backend, 16, 2, 6, mode, device)
     assert counts["total"] <= LIMIT, counts
     assert "aten._local_scalar_dense" not in counts["by_name"], "a host sync inside the iteration"
+
+
+@pytest.mark.parametrize("n", [1, 1024, 32768, 32769, 50176, 65536, 65537, 10**6])
+def test_row_warps_are_the_fewest_that_keep_each_thread_within_its_share(n):
+    from sas_fast.ops.triton.launch import ELEMENTS_PER_THREAD, row_warps
+
+    warps = row_warps(n)
+    assert warps in (4, 8, 16, 32)
+    assert n <= warps * 32 * ELEMENTS_PER_THREAD or warps == 32
+    assert warps == 4 or n > warps // 2 * 32 * ELEMENTS_PER_THREAD
+
+
+def test_under_filled_names_the_launches_that_miss_the_target():
+    shapes = {"grid": {"programs": 196, "warps": 4}, "rows8": {"programs": 18, "warps": 8},
+              "rows4": {"programs": 18, "warps": 4}, "small": {"programs": 98, "warps": 4}}
+    assert cost.under_filled({"launch_shapes": shapes}, 224 * 224) == ["rows4", "small"]
+    assert cost.under_filled({"launch_shapes": shapes}, 300 * 300) == ["rows4", "rows8", "small"]
+
+
+@pytest.mark.slow
+def test_every_launch_fills_an_h200_at_224px_batch_1():
+    """At the CUDA block sizes (interpreter; about 4 minutes on 2 cores)."""
+    from sas_fast.ops.triton.launch import cuda_block_sizes
+
+    if _available("triton", "cpu"):
+        pytest.skip(str(_available("triton", "cpu")))
+    with cuda_block_sizes():
+        counts = cost.count_iteration("triton", 224, 1, 20, "both", "cpu")
+    assert counts["launch_shapes"] and cost.under_filled(counts, 224 * 224) == [], counts["launch_shapes"]

@@ -31,7 +31,11 @@ def cuda_block_sizes(divisor: int = 1):
         _CUDA_BLOCK_DIVISOR.reset(token)
 
 
-def block_size(numel: int, device: torch.device, gpu_block: int = 512) -> int:
+#: elements one thread handles per pass of a program that sweeps a whole row (see :func:`row_warps`)
+ELEMENTS_PER_THREAD = 256
+
+
+def block_size(numel: int, device: torch.device, gpu_block: int = 256) -> int:
     """Elements per program: ``gpu_block`` on a GPU (and in :func:`cuda_block_sizes`); under the
     interpreter, where every program instance costs about 1 ms, one large block."""
     divisor = _CUDA_BLOCK_DIVISOR.get()
@@ -40,6 +44,16 @@ def block_size(numel: int, device: torch.device, gpu_block: int = 512) -> int:
     else:
         cap = gpu_block if device.type == "cuda" else 1 << 15
     return min(cap, triton.next_power_of_2(max(int(numel), 1)))
+
+
+def row_warps(numel: int) -> int:
+    """Warps of a program that sweeps a row of ``numel`` elements per pass (the threshold solve:
+    one program per (b, k), so few programs at B = 1): the fewest of 4, 8, 16, 32 that keep each
+    thread at <= :data:`ELEMENTS_PER_THREAD` elements per pass (8 at 224 px, 50,176 pixels)."""
+    warps = 4
+    while warps < 32 and numel > warps * 32 * ELEMENTS_PER_THREAD:
+        warps *= 2
+    return warps
 
 
 def acc_dtype(dtype: torch.dtype):

@@ -34,7 +34,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .launch import acc_dtype, block_size, device_function
+from .launch import acc_dtype, block_size, device_function, row_warps
 
 _EPS = 1e-12
 _bracket = device_function(reference.solve_bracket)
@@ -179,7 +179,8 @@ def _solve(x: torch.Tensor, areas: torch.Tensor, sharpness: float, thresholds_in
     t = torch.empty(b, k, dtype=x.dtype, device=x.device)
     _solve_kernel[(b * k,)](x, areas, start, t, t if masks is None else masks, k, n,
                             float(sharpness), float(tol), int(max_iter), int(masks is not None),
-                            ACC=acc_dtype(x.dtype), BLOCK=block_size(n, x.device, gpu_block=1024))
+                            ACC=acc_dtype(x.dtype), BLOCK=block_size(n, x.device, gpu_block=1024),
+                            num_warps=row_warps(n))
     return t
 
 
@@ -208,7 +209,8 @@ class ThresholdMasks(torch.autograd.Function):
         coef = torch.zeros(b, k, dtype=masks.dtype, device=masks.device)
         if ctx.implicit_grad:
             _area_coefficient_kernel[(b * k,)](grad, masks, coef, n, ctx.sharpness, _EPS, ACC=acc,
-                                               BLOCK=block_size(n, masks.device, gpu_block=1024))
+                                               BLOCK=block_size(n, masks.device, gpu_block=1024),
+                                               num_warps=row_warps(n))
         dx = torch.empty(b, 1, h, w, dtype=masks.dtype, device=masks.device)
         block = block_size(n, masks.device)
         _schedule_grad_kernel[(b, triton.cdiv(n, block))](grad, masks, coef, dx, k, n, ctx.sharpness,
