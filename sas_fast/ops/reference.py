@@ -133,8 +133,10 @@ def solve_bracket(x_min, x_max, logit_root_area, sharpness):
 def quantile_start(x: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
     """Cold start of the threshold solve: the ``(1 - a_k)`` quantile of each schedule row,
     ``x`` ``B x N``, ``areas`` ``[K]`` (inner) -> ``B x K`` (contiguous). Clamped into
-    :func:`solve_bracket` by the solve."""
-    return torch.quantile(x, 1 - areas, dim=1).T.contiguous()
+    :func:`solve_bracket` by the solve. Half-precision rows are ranked in float32
+    (``torch.quantile`` takes float32 and float64 only); the start comes back in ``x``'s dtype."""
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return torch.quantile(wide, 1 - areas.to(wide.dtype), dim=1).T.to(x.dtype).contiguous()
 
 
 @torch.no_grad()

@@ -128,3 +128,17 @@ def test_backends_take_the_reference_steps(backend):
             got = ops.solve_thresholds(schedule, areas, sharpness, tol=1e-300, max_iter=max_iter,
                                        backend=backend)
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_rows_solve_from_a_cold_start(backend):
+    """bf16 schedules (the cold start ranks them in float32): the thresholds come back in bf16 and,
+    evaluated in float64 on the same rows, give each area to within bf16's resolution of t."""
+    g = torch.Generator().manual_seed(5)
+    x = R.smooth_softmax_pool(torch.randn(3, 1, 36, 36, generator=g, dtype=D), 5).bfloat16()
+    areas = torch.tensor([0.05, 0.3, 0.6, 0.95])
+    t = ops.solve_thresholds(x, areas, 10.0, backend=backend)
+    assert t.dtype == torch.bfloat16 and t.shape == (3, 4)
+    rows = x.double().flatten(1)[:, None, :]
+    reached = torch.sigmoid(10.0 * (rows - t.double()[..., None])).pow(2).mean(-1)
+    assert torch.allclose(reached, areas.double().expand(3, -1), atol=0.03), reached
