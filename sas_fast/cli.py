@@ -23,6 +23,7 @@ from .cpu_memory import tune_malloc
 from .dataset.cli import add_cli_arguments as add_dataset_commands
 from .gallery import add_cli_arguments as add_gallery_command
 from .ops import BACKENDS
+from .images import read_rgb
 from .precision import resolve_precision
 
 #: ``explain --demo``: the default schedule for 40 iterations (1,440 model image-passes), the most
@@ -35,11 +36,8 @@ DEMO_PHOTO = "chelsea"
 
 
 def _load_photo(path: str) -> np.ndarray:
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return read_rgb(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {path!r}: {err}") from err
 

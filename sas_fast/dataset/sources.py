@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..images import read_rgb
 from .errors import DatasetRunError
 
 #: file name endings read as images from a folder (case-insensitive); other files are ignored.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: the labels file of a labelled folder, and its two required columns
 LABELS_CSV, FILE_COLUMN, CLASS_COLUMN = "labels.csv", "file", "class_index"
 #: a WordNet id, the name of an ImageFolder class sub-folder
@@ -86,8 +87,7 @@ class FolderSource:
         from PIL import Image
 
         try:
-            with Image.open(self.root / self.names[index]) as image:
-                return np.array(image.convert("RGB"))
+            return read_rgb(self.root / self.names[index])
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise UnreadableImage(f"{type(err).__name__}: {err}") from err
 
