@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset.chunks import MANIFEST, MERGED, merge, read_json
+from .dataset.chunks import MERGED, merge, read_json
+from .dataset.folder import MANIFEST
 from .dataset.errors import DatasetRunError
 from .dataset.model_spec import model_input, resolve_model
 from .dataset.sources import open_source

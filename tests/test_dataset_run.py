@@ -93,7 +93,7 @@ def test_two_processes_give_the_maps_of_one(data, tmp_path):
     """torchrun with 2 gloo processes and a plain single process write identical maps."""
     common = ["attribute-dataset", "--images", str(data / "images.npz"), *CLI_SETTINGS, "--chunk-size", "4"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "sas_fast.cli", *common,
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "sas_fast.cli", *common,
                     "--out", str(tmp_path / "two")], check=True, env=_env(threads=1), cwd=REPO)
     subprocess.run([sys.executable, "-m", "sas_fast.cli", *common, "--out", str(tmp_path / "one")],
                    check=True, env=_env(threads=1), cwd=REPO)
@@ -139,7 +139,7 @@ def test_killed_rank_resumes_without_loss_or_duplicates(data, tmp_path):
               *cli, "--chunk-size", "4", "--out"]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = subprocess.Popen([str(torchrun), "--nproc-per-node", "2", *common, str(killed)],
+    launcher = subprocess.Popen([str(torchrun), "--standalone", "--nproc-per-node", "2", *common, str(killed)],
                                 env=_env(threads=1), cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -173,12 +173,12 @@ def test_truncated_and_corrupted_chunks_are_redone(data, reference, tmp_path):
     chunk1[len(chunk1) // 2] ^= 0xFF
     (out / "chunk_000001.npz").write_bytes(bytes(chunk1))
     (out / "chunk_000002.json").unlink()
-    (out / ".chunk_000003.npz.tmp-999").write_bytes(b"left by a killed run")
+    (out / ".chunk_000003.npz.tmp-sas-fast-999").write_bytes(b"left by a killed run")
     with pytest.raises(DatasetRunError, match="3 of 4 chunks missing or corrupt"):
         merge(out)
     run = attribute_dataset(data / "images.npz", MODEL, out, **SETTINGS)
     assert run["images"] == 12
-    assert not (out / ".chunk_000003.npz.tmp-999").exists()
+    assert not (out / ".chunk_000003.npz.tmp-sas-fast-999").exists()
     _assert_same(_arrays(merge(out)), reference[1])
 
 

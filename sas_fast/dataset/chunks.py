@@ -19,10 +19,9 @@ import numpy as np
 
 from ..checks import check_writable
 from .errors import DatasetRunError
+from .folder import MANIFEST, TEMP_MARK, owned_folder
 
-MANIFEST = "manifest.json"
 MERGED = "saliency.npz"
-TEMP_MARK = ".tmp-"
 #: arrays with one row per attributed image, concatenated by :func:`merge`.
 PER_IMAGE = ("indices", "names", "saliency", "targets", "labels", "clean_scores",
              "scores_insertion", "scores_deletion")
@@ -76,7 +75,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def remove_temp_files(out_dir: Path) -> None:
-    """Delete the temporary files an interrupted run left behind."""
+    """Delete the temporary files an interrupted run of this tool left behind (names with
+    :data:`TEMP_MARK`; nothing else)."""
     for temp in out_dir.glob(f".*{TEMP_MARK}*"):
         temp.unlink(missing_ok=True)
 
@@ -128,31 +128,32 @@ def merge(out_dir, dest=None) -> Path:
     images). ``dest`` defaults to ``out_dir/saliency.npz``. Returns the path written.
     """
     out_dir = Path(out_dir)
-    manifest = read_json(out_dir / MANIFEST)
-    if manifest is None:
+    if read_json(out_dir / MANIFEST) is None:          # before a lock file is made there
         raise DatasetRunError(f"no readable {MANIFEST} in {out_dir}: not an attribute-dataset output folder")
-    try:
-        dest = check_writable(dest if dest is not None else out_dir / MERGED, "merged npz")
-    except ValueError as err:
-        raise DatasetRunError(str(err)) from err
-    config = manifest["config"]
-    spans = chunk_ranges(config["source"]["count"], config["chunk_size"])
-    bad = [c for c, span in enumerate(spans) if verified_record(out_dir, c, span) is None]
-    if bad:
-        raise DatasetRunError(f"{len(bad)} of {len(spans)} chunks missing or corrupt in {out_dir} "
-                              f"(first: {chunk_file(bad[0])}); rerun attribute-dataset with the same "
-                              "arguments to finish them")
-    parts = [_read_chunk(out_dir / chunk_file(c), span) for c, span in enumerate(spans)]
-    filled = [p for p in parts if len(p["indices"])]
-    if not filled:
-        raise DatasetRunError(f"no image of {out_dir} was attributed (all were unreadable)")
-    try:
-        merged = {key: np.concatenate([p[key] for p in filled]) for key in PER_IMAGE if key in filled[0]}
-    except ValueError as err:
-        raise DatasetRunError(f"the chunks of {out_dir} do not fit together: {err}") from err
-    merged["areas"] = filled[0]["areas"]
-    merged["skipped"] = np.concatenate([p["skipped"] for p in parts])
-    buffer = io.BytesIO()
-    np.savez(buffer, **merged)
-    atomic_write(dest, buffer.getvalue())
-    return dest
+    with owned_folder(out_dir, read_only_ok=dest is not None):
+        manifest = read_json(out_dir / MANIFEST)
+        try:
+            dest = check_writable(dest if dest is not None else out_dir / MERGED, "merged npz")
+        except ValueError as err:
+            raise DatasetRunError(str(err)) from err
+        config = manifest["config"]
+        spans = chunk_ranges(config["source"]["count"], config["chunk_size"])
+        bad = [c for c, span in enumerate(spans) if verified_record(out_dir, c, span) is None]
+        if bad:
+            raise DatasetRunError(f"{len(bad)} of {len(spans)} chunks missing or corrupt in {out_dir} "
+                                  f"(first: {chunk_file(bad[0])}); rerun attribute-dataset with the same "
+                                  "arguments to finish them")
+        parts = [_read_chunk(out_dir / chunk_file(c), span) for c, span in enumerate(spans)]
+        filled = [p for p in parts if len(p["indices"])]
+        if not filled:
+            raise DatasetRunError(f"no image of {out_dir} was attributed (all were unreadable)")
+        try:
+            merged = {key: np.concatenate([p[key] for p in filled]) for key in PER_IMAGE if key in filled[0]}
+        except ValueError as err:
+            raise DatasetRunError(f"the chunks of {out_dir} do not fit together: {err}") from err
+        merged["areas"] = filled[0]["areas"]
+        merged["skipped"] = np.concatenate([p["skipped"] for p in parts])
+        buffer = io.BytesIO()
+        np.savez(buffer, **merged)
+        atomic_write(dest, buffer.getvalue())
+        return dest

@@ -1,6 +1,7 @@
 """The sharded, resumable loop of a dataset run (see :mod:`sas_fast.dataset`)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -19,13 +20,12 @@ from ..checks import model_logits
 from ..config import PRECISIONS, make_config
 from ..precision import resolve_precision
 from ..step import mask_areas, mode_names
-from .chunks import (MANIFEST, chunk_ranges, read_json, record_file, remove_temp_files,
-                     verified_record, write_chunk, write_json)
+from .chunks import chunk_ranges, read_json, record_file, remove_temp_files, verified_record, write_chunk, write_json
 from .errors import DatasetRunError
+from .folder import FORMAT, MANIFEST, owned_folder
 from .model_spec import model_input, resolve_model
 from .sources import UnreadableImage, describe, open_source
 
-FORMAT = "sas_fast.attribute-dataset/1"
 TARGETS = ("auto", "labels", "predicted")
 #: attribute() arguments the dataset run sets itself.
 RESERVED_OPTIONS = ("return_trace", "progress", "trace_iterations", "target", "additional_forward_args",
@@ -104,6 +104,22 @@ def _prepare_out_dir(out_dir) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _claim(out: Path, workers: Workers):
+    """Rank 0 holds ``out`` (:func:`~sas_fast.dataset.folder.owned_folder`) for the run; when it
+    cannot, every process stops with its reason."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        if workers.rank == 0:
+            try:
+                held.enter_context(owned_folder(out))
+            except DatasetRunError as err:
+                refused = err
+        if workers.reduce([float(refused is not None)], op="max")[0]:
+            raise refused or DatasetRunError(f"{out}: rank 0 could not take the output folder")
+        yield
+
+
 def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
     """Start a new run's manifest, or check that the folder's run has the same configuration (a
     run that finished no chunk, e.g. one stopped by a bad model, is replaced by the new one)."""
@@ -112,9 +128,6 @@ def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
     if workers.world > 1:
         dist.barrier()      # every process has looked at the folder before rank 0 writes to it
     if existing is None or (existing.get("config") != config and not started):
-        if existing is None and ((out / MANIFEST).exists() or started):
-            raise DatasetRunError(f"{out} holds chunk files but no readable {MANIFEST}: use an empty "
-                                  "output folder")
         if workers.rank == 0:
             write_json(out / MANIFEST, {"format": FORMAT, "config": config, "complete": False,
                                         "chunks": [], "skipped": [], "runs": []})
@@ -325,6 +338,7 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
     out = _prepare_out_dir(out_dir)
     workers = start_workers()
     precision = resolve_precision(precision or "fp32", workers.device).precision
+    folder = contextlib.ExitStack()
     try:
         config = {"source": describe(source), "model": model_spec,
                   "targets": "labels" if use_labels else "predicted", "seed": seed,
@@ -332,6 +346,7 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
                   "sas_options": {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in sorted(sas_options.items())}}
         model, preprocess = resolve_model(model_spec)
+        folder.enter_context(_claim(out, workers))
         _open_manifest(out, config, workers)
         job = Job(source, model.to(workers.device), preprocess, workers.device, use_labels,
                   precision, batch_size, iterations, seed, mode_names(sas_config.mode),
@@ -347,5 +362,6 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
             dist.barrier()          # no process leaves before the manifest is final
         return run
     finally:
+        folder.close()
         if workers.owns_group:
             dist.destroy_process_group()
