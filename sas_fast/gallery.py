@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .dataset.chunks import MERGED, merge, read_json
-from .dataset.folder import MANIFEST
+from .dataset.folder import MANIFEST, read_manifest
 from .dataset.errors import DatasetRunError
 from .dataset.model_spec import model_input, resolve_model
 from .dataset.sources import open_source
@@ -218,8 +218,8 @@ def write_gallery(run_dir, out=None, *, limit: int | None = None, progress: bool
     run_dir = Path(run_dir)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DatasetRunError(f"limit must be a positive integer or None, got {limit!r}")
-    manifest = read_json(run_dir / MANIFEST)
-    if manifest is None or "config" not in manifest:
+    manifest = read_manifest(run_dir) if run_dir.is_dir() else None
+    if manifest is None:
         raise DatasetRunError(f"no readable {MANIFEST} in {run_dir}: not an attribute-dataset output folder")
     if not (run_dir / MERGED).exists():
         merge(run_dir)

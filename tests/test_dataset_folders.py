@@ -83,3 +83,50 @@ def test_only_the_tools_own_temporary_files_are_deleted(data, tmp_path):
     _run(data, out)
     assert (out / ".user.tmp-77").read_text() == "the user's"
     assert not (out / ".chunk_000002.npz.tmp-sas-fast-999").exists()
+
+
+def _drop(key):
+    def edit(manifest):
+        node = manifest
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        del node[last]
+    return edit
+
+
+def _set(key, value):
+    def edit(manifest):
+        node = manifest
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop("runs"), "runs must be list, got None"),
+    (_drop("config"), "config must be dict, got None"),
+    (_set("config.chunk_size", "4"), "config.chunk_size must be int, got '4'"),
+    (_set("config.chunk_size", 0), "config.chunk_size must be >= 1, got 0"),
+    (_set("complete", 1), "complete must be bool, got 1"),
+    (_set("config.source.count", 8), "config.source.count = 8 with chunk_size 4 makes 2 chunks, but chunk 2"),
+    (_set("config.source.count", True), "config.source.count must be int, got True"),
+    (_set("chunks", [{"chunk": 9}]), "but chunk 9 is listed or on disk"),
+])
+def test_an_edited_manifest_is_named_by_every_command(data, tmp_path, capsys, edit, message):
+    out = tmp_path / "run"
+    _run(data, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for command in (lambda: merge(out), lambda: _run(data, out)):
+        with pytest.raises(DatasetRunError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            command()
+    capsys.readouterr()
+    assert main(["merge", str(out), "--dest", str(tmp_path / "all.npz")]) == 2
+    assert main(["gallery", str(out)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all(message in line for line in errors), errors
+    assert not (tmp_path / "all.npz").exists()

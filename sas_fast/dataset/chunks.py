@@ -19,7 +19,7 @@ import numpy as np
 
 from ..checks import check_writable
 from .errors import DatasetRunError
-from .folder import MANIFEST, TEMP_MARK, owned_folder
+from .folder import MANIFEST, TEMP_MARK, owned_folder, read_manifest
 
 MERGED = "saliency.npz"
 #: arrays with one row per attributed image, concatenated by :func:`merge`.
@@ -128,10 +128,10 @@ def merge(out_dir, dest=None) -> Path:
     images). ``dest`` defaults to ``out_dir/saliency.npz``. Returns the path written.
     """
     out_dir = Path(out_dir)
-    if read_json(out_dir / MANIFEST) is None:          # before a lock file is made there
-        raise DatasetRunError(f"no readable {MANIFEST} in {out_dir}: not an attribute-dataset output folder")
+    if not (out_dir / MANIFEST).is_file():             # before a lock file is made there
+        raise DatasetRunError(f"no {MANIFEST} in {out_dir}: not an attribute-dataset output folder")
     with owned_folder(out_dir, read_only_ok=dest is not None):
-        manifest = read_json(out_dir / MANIFEST)
+        manifest = read_manifest(out_dir)
         try:
             dest = check_writable(dest if dest is not None else out_dir / MERGED, "merged npz")
         except ValueError as err:

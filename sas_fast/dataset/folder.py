@@ -23,6 +23,14 @@ FORMAT = "sas_fast.attribute-dataset/1"
 #: in the name of every temporary file this tool writes (and the only files it deletes)
 TEMP_MARK = ".tmp-sas-fast-"
 LOCK = ".sas-fast.lock"
+#: the manifest's schema: required keys and their types (``int`` excludes ``bool``)
+SCHEMA = {"": {"format": str, "config": dict, "complete": bool, "chunks": list, "skipped": list,
+               "runs": list},
+          "config": {"source": dict, "model": str, "targets": str, "seed": int, "iterations": int,
+                     "precision": str, "chunk_size": int, "sas_options": dict},
+          "config.source": {"kind": str, "path": str, "count": int, "labels": bool, "fingerprint": str}}
+#: the least value of each integer that has one
+LEAST = {"config.source.count": 0, "config.chunk_size": 1, "config.iterations": 1}
 
 
 def check_ownership(out: Path) -> None:
@@ -74,3 +82,41 @@ def owned_folder(out: Path, read_only_ok: bool = False):
         yield out
     finally:
         os.close(fd)
+
+
+def read_manifest(out: Path) -> dict | None:
+    """``out``'s manifest checked against :data:`SCHEMA` (keys, types, :data:`LEAST`) and against
+    the folder (every chunk it lists, and every chunk file there, within ``config.source.count``);
+    None when there is none. ``DatasetRunError`` naming the first key that does not fit."""
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetRunError(f"{path} is not readable JSON ({err})") from None
+    for prefix, fields in SCHEMA.items():
+        node = manifest
+        for part in filter(None, prefix.split(".")):
+            node = node[part]
+        if not isinstance(node, dict):
+            raise DatasetRunError(f"{path}: {prefix or 'the manifest'} must be a JSON object")
+        for key, kind in fields.items():
+            name = f"{prefix}.{key}".lstrip(".")
+            value = node.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise DatasetRunError(f"{path}: {name} must be {kind.__name__}, got {value!r} "
+                                      "(a damaged or edited manifest: use another output folder)")
+            if name in LEAST and value < LEAST[name]:
+                raise DatasetRunError(f"{path}: {name} must be >= {LEAST[name]}, got {value!r}")
+    config = manifest["config"]
+    count, size = config["source"]["count"], config["chunk_size"]
+    spans = -(-count // size)
+    listed = [c.get("chunk") if isinstance(c, dict) else None for c in manifest["chunks"]]
+    on_disk = {int(p.name[6:12]) for p in out.glob("chunk_[0-9][0-9][0-9][0-9][0-9][0-9].*")}
+    beyond = sorted(c for c in set(listed) | on_disk if not (isinstance(c, int) and 0 <= c < spans))
+    if beyond:
+        raise DatasetRunError(f"{path}: config.source.count = {count} with chunk_size {size} makes "
+                              f"{spans} chunks, but chunk {beyond[0]!r} is listed or on disk "
+                              "(a damaged or edited manifest: use another output folder)")
+    return manifest

@@ -22,7 +22,7 @@ from ..precision import resolve_precision
 from ..step import mask_areas, mode_names
 from .chunks import chunk_ranges, read_json, record_file, remove_temp_files, verified_record, write_chunk, write_json
 from .errors import DatasetRunError
-from .folder import FORMAT, MANIFEST, owned_folder
+from .folder import FORMAT, MANIFEST, owned_folder, read_manifest
 from .model_spec import model_input, resolve_model
 from .sources import UnreadableImage, describe, open_source
 
@@ -123,7 +123,7 @@ def _claim(out: Path, workers: Workers):
 def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
     """Start a new run's manifest, or check that the folder's run has the same configuration (a
     run that finished no chunk, e.g. one stopped by a bad model, is replaced by the new one)."""
-    existing = read_json(out / MANIFEST)
+    existing = read_manifest(out)
     started = any(out.glob("chunk_*"))
     if workers.world > 1:
         dist.barrier()      # every process has looked at the folder before rank 0 writes to it
@@ -144,7 +144,7 @@ def _open_manifest(out: Path, config: dict, workers: Workers) -> None:
 
 def _close_manifest(out: Path, spans: list, run: dict) -> dict:
     """Record the chunks on disk, the skipped images, and this run's throughput."""
-    manifest = read_json(out / MANIFEST)
+    manifest = read_manifest(out)
     records = [read_json(out / record_file(c)) for c in range(len(spans))]
     records = [r for r, span in zip(records, spans)
                if r is not None and (r.get("start"), r.get("stop")) == (span.start, span.stop)]
