@@ -6,7 +6,7 @@
 Calibration images are test indices = 1 mod 10 (stratified by class); reproduce_table2.py
 never evaluates on them. One factor at a time: each ``--grid NAME=v1,v2,...`` varies one
 SaSConfig field with the others at their defaults (``--combo NAME=v,NAME2=w`` changes several
-together); every run reports the deletion-game Overall (SPEC section 5) with its standard error,
+together); every run reports the deletion-game Overall (docs/SPEC.md section 5) with its standard error,
 and its paired difference from the defaults on the same images. Writes a markdown table to --out.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Quality: on scikit-image's bundled photos with the bundled EfficientNet-Lite0 (224 px, top-1
 class), one run of the demo's schedule (preset ``default``) for ``--iterations`` steps keeps the
 map after each of ``--cuts`` steps (``SaSTrace.saliency``; with ``lr_decay="none"`` the map after
-n steps is exactly that of an n-iteration run). Each map's deletion-game Overall (SPEC section 5)
+n steps is exactly that of an n-iteration run). Each map's deletion-game Overall (docs/SPEC.md section 5)
 and its Spearman rank correlation with the final map go to ``--out`` (a rerun skips the photos
 already there) and a paired table to stdout.
 

@@ -14,7 +14,7 @@ maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default
 
 Calibration images are test indices = 1 mod 10 (``calibrate_sas.calibration_indices``),
 evaluation images the others (as ``reproduce_table2.py``). Every method runs on the same images;
-per-image Overall (SPEC section 5) goes to ``<out>/fast_<split>_<dataset>_<arch>.json`` after
+per-image Overall (docs/SPEC.md section 5) goes to ``<out>/fast_<split>_<dataset>_<arch>.json`` after
 every method (a rerun skips the methods already there) and a markdown table with the paired
 differences against ``--reference`` and against the default cut short at equal passes to ``.md``.
 """

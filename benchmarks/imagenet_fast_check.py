@@ -12,7 +12,7 @@ target), the maps of ``--methods`` (default ``paper-imagenet,fast-imagenet``):
   cut of a ``paper-imagenet`` run (in this run or stored in ``--out``), that map is reused;
 - ``fast``: the sampled 32-px preset (1,800 passes).
 
-Reports each map's deletion-game Overall (SPEC section 5) and the Spearman rank correlation with
+Reports each map's deletion-game Overall (docs/SPEC.md section 5) and the Spearman rank correlation with
 the 800-iteration map and with ``fast-imagenet``'s, where those maps were computed in the same
 process (maps are not stored). ``--out`` keeps every photo's rows; a method already there is skipped.
 """

@@ -13,7 +13,7 @@ its front (``--n`` of them), the calibration split from its back, so the two nev
 Methods: a SaS preset (``fast-imagenet``, ``fast``, ...; model in ``--precision``, bf16 by default)
 or a baseline of :mod:`sas_fast.baselines` (fp32 model). ``fast-imagenet`` also records the
 default schedule cut short at 12, 25, 50 and 100 iterations (``cut@432`` ... ``cut@3600``,
-``SaSTrace.saliency``) at no extra cost. Every map is scored by the deletion game (SPEC section 5:
+``SaSTrace.saliency``) at no extra cost. Every map is scored by the deletion game (docs/SPEC.md section 5:
 11 ratios, NLI; the map as stored, float16; the noise keyed by the photo's index) with the fp32 model, and one JSON row per photo is appended to
 ``<out>/<split>_<method>.jsonl`` as soon as it is done (passes, seconds, CPU seconds, Ins, Del,
 Overall, both curves; the method's own row last), so a run can be stopped and resumed at any photo. Maps are kept as

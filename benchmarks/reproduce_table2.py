@@ -1,4 +1,4 @@
-"""Reproduce the paper's table 2 (deletion / insertion game, SPEC section 5) for one setting.
+"""Reproduce the paper's table 2 (deletion / insertion game, docs/SPEC.md section 5) for one setting.
 
     python benchmarks/reproduce_table2.py --dataset cifar10 --arch resnet8 --n 512 --device cuda
 

@@ -8,7 +8,7 @@
 // masked_images_backward: dL/dx B x 1 x H x W from dL/dout, the masks recomputed per pixel:
 //   dL/dm_ki = (L - 1) sum_j sign_j sum_c dL/dout_jkci (P[lev_j + 1] - P[lev_j])_ci,
 //   sign = +1 (insertion), -1 (deletion); G_ki = dL/dm_ki s m_ki (1 - m_ki), w_ki = m_ki^2 (1 - m_ki);
-//   implicit (SPEC section 3): dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)],
+//   implicit (docs/SPEC.md section 3): dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)],
 //   detached: dL/dx_i = sum_k G_ki.
 //   Pass 1 (per image and pixel tile) reads the gradient once and writes sum_k G_ki and each
 //   tile's partial sums of G and w per mask; these are added up once per mask, in tile order

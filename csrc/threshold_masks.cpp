@@ -16,7 +16,7 @@
 // start, clamped into the bracket; stop: |r| < tol or max_iter steps; result: the evaluated
 // point of least |r|.
 // Masks m_k = sigmoid(s (x - t_k)); a_k = 0 / 1 give exact 0 / 1 masks and t = +inf / -inf.
-// Backward (SPEC section 3), with G_ki = dL/dm_ki s m_ki (1 - m_ki) and w_ki = m_ki^2 (1 - m_ki):
+// Backward (docs/SPEC.md section 3), with G_ki = dL/dm_ki s m_ki (1 - m_ki) and w_ki = m_ki^2 (1 - m_ki):
 //   implicit: dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + 1e-12)]
 //   detached: dL/dx_i = sum_k G_ki.
 #include <torch/library.h>

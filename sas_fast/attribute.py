@@ -1,7 +1,7 @@
 """The public entry point :func:`attribute` (:class:`sas_fast.SaS` in :mod:`sas_fast.explainer` wraps it).
 
 Checks the caller's input, guards the caller's model (eval mode, frozen parameters, all
-restored afterwards, also on error), and runs the optimisation loop of SPEC section 4:
+restored afterwards, also on error), and runs the optimisation loop of docs/SPEC.md section 4:
 Adam on the pre-mask, one :class:`sas_fast.iteration.IterationRunner` call per iteration,
 output the min-max normalised schedule (paper eq. 8).
 """
@@ -257,7 +257,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
     """Saliency as a Schedule for a batch of images: ``B x H x W`` maps in [0, 1].
 
     The algorithm (pre-mask -> schedule -> masks at K areas -> insertion / deletion scores of
-    the masked images -> Adam on the pre-mask; SPEC sections 2-4) is written out in
+    the masked images -> Adam on the pre-mask; docs/SPEC.md sections 2-4) is written out in
     :meth:`SaS.attribute`, the same computation with a ``B x 1 x H x W`` result.
     ``mode``, ``num_masks``, ``iterations``, ``seed``, ``backend`` and ``**options`` left out
     take the preset's value.

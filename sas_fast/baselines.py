@@ -4,7 +4,7 @@ Every function is ``(model, images, target=None, **options) -> B x H x W`` float
 not normalised (the deletion game only uses the ranking). ``images`` ``B x C x H x W`` in the
 model's input space; ``target`` a class per image (int, list, LongTensor[B]) or None for the
 model's top-1 class. The model is used in eval mode with frozen parameters and left exactly as
-found (:func:`sas_fast.checks.guarded_model`). Channel reductions follow SPEC section 5.
+found (:func:`sas_fast.checks.guarded_model`). Channel reductions follow docs/SPEC.md section 5.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ INITS = ("noise", "gradient", "guided_backprop")
 
 @dataclass(frozen=True)
 class SaSConfig:
-    """Hyperparameters of one SaS run (SPEC sections 2-4).
+    """Hyperparameters of one SaS run (docs/SPEC.md sections 2-4).
 
     ``max_batch`` only splits the model calls: SaS's own arithmetic is the same for every
     value, so the result is bit-identical whenever the model's outputs and input gradients for
@@ -50,7 +50,7 @@ class SaSConfig:
     sharpness: float = 20.0       # s in m = sigmoid(s (schedule - t)) (proto)
     levels: int = 8               # blur-pyramid levels L (proto, from Extremal Perturbations)
     max_blur: float | None = None # sigma of the most blurred level (proto: 20 at 224 px)
-    implicit_grad: bool = True    # differentiate through the thresholds (proto; SPEC section 3)
+    implicit_grad: bool = True    # differentiate through the thresholds (proto; docs/SPEC.md section 3)
     threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # Levenberg-Marquardt step cap of the threshold solve (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)

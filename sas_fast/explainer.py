@@ -54,7 +54,7 @@ class _SaS:
         r"""Saliency as a Schedule of ``inputs``: a learned priority order over the pixels,
         ``B x 1 x H x W`` in [0, 1] (1 = revealed first, most important).
 
-        Algorithm (SPEC sections 2-4; paper eqs. 2-8). The optimised variable is a pre-mask
+        Algorithm (docs/SPEC.md sections 2-4; paper eqs. 2-8). The optimised variable is a pre-mask
         ``pm`` ``B x 1 x (H+2r) x (W+2r)``, ``r = ws // 2``, drawn N(0, 1) from ``seed``
         (the same draw for every image). Each of ``iterations`` Adam steps (lr ``lr``) computes::
 

@@ -1,6 +1,6 @@
 """Where SaS's pre-mask starts: seeded N(0, 1) noise, optionally plus a one-pass attribution map.
 
-``init="noise"`` (SPEC section 2.1, proto): ``pm = n``, ``n ~ N(0, 1)`` drawn from
+``init="noise"`` (docs/SPEC.md section 2.1, proto): ``pm = n``, ``n ~ N(0, 1)`` drawn from
 ``torch.Generator().manual_seed(seed)``, the same draw for every image.
 
 ``init="gradient"`` / ``"guided_backprop"`` (ours): ``pm = n + init_scale * G``. The map

@@ -1,6 +1,6 @@
 """Which mask areas one SaS iteration evaluates: all K - 2 inner areas, or a stratified sample.
 
-The loss of SPEC section 2.8 sums the score over the K - 2 inner areas ``a_k = k / (K - 1)``.
+The loss of docs/SPEC.md section 2.8 sums the score over the K - 2 inner areas ``a_k = k / (K - 1)``.
 With ``area_samples = S`` (S divides K - 2) the inner areas are cut into S contiguous strata
 of ``n = (K - 2) / S`` areas each, and every iteration evaluates one area drawn uniformly from
 each stratum. Then ``n * sum_{sampled} z_k`` is an unbiased estimate of ``sum_k z_k`` (each

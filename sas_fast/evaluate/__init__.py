@@ -1,5 +1,5 @@
 """Evaluation of attributions: the deletion / insertion game with Noisy Linear Imputation
-(SPEC section 5). :func:`deletion_game` plays it; :func:`nli_impute` fills removed pixels."""
+(docs/SPEC.md section 5). :func:`deletion_game` plays it; :func:`nli_impute` fills removed pixels."""
 from .game import GameResult, deletion_game, pixel_ranks
 from .nli import nli_impute
 

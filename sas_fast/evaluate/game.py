@@ -1,4 +1,4 @@
-"""The deletion / insertion game of SPEC section 5 (how the paper scores attributions).
+"""The deletion / insertion game of docs/SPEC.md section 5 (how the paper scores attributions).
 
 For each image and ratio ``p`` in ``ratios`` (default ``0, 0.1, ..., 1``) rank the pixels by
 the saliency (descending; ties by pixel index, a stable sort), take the top
@@ -109,7 +109,7 @@ def _job_noise(seed: int, image: int, mode: int, ratio: int, shape) -> torch.Ten
 def deletion_game(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, target=None,
                   ratios=None, batch_size: int = 64, noise: float = 0.01, seed: int = 0,
                   solver: str = "auto", image_ids=None) -> GameResult:
-    """Play the insertion and deletion game of SPEC section 5.
+    """Play the insertion and deletion game of docs/SPEC.md section 5.
 
     Args:
         model: classifier ``B x C x H x W -> B x classes`` logits; evaluated in eval mode

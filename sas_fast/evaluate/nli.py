@@ -1,4 +1,4 @@
-"""Noisy Linear Imputation (ROAD, Rong et al. ICML 2022), SPEC section 5.
+"""Noisy Linear Imputation (ROAD, Rong et al. ICML 2022), docs/SPEC.md section 5.
 
 Every removed pixel ``i`` is the weighted mean of its in-image 8 neighbours ``N(i)``:
 ``W_i x_i = sum_{j in N(i)} w_ij x_j`` with ``w = 1/6`` (axial), ``1/12`` (diagonal) and

@@ -1,4 +1,4 @@
-"""The paper's small-image classifiers, ResNet8 and VGG16 (SPEC section 6), with the exact
+"""The paper's small-image classifiers, ResNet8 and VGG16 (docs/SPEC.md section 6), with the exact
 module layout of the trained state dicts (``shared/models/README.md``).
 
 Both are one ``nn.Sequential``; input ``B x 3 x 32 x 32`` normalised as

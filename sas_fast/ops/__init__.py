@@ -153,7 +153,7 @@ def threshold_masks(schedule: torch.Tensor, areas, sharpness: float,
     ``(masks B x K x H x W, thresholds B x K)``. Thresholds come from a batched Levenberg-Marquardt
     solve (Marquardt damping, bracket safeguard; warm-started from ``thresholds_init`` ``B x K``);
     areas 0 / 1 give exact all-0 / all-1 masks (thresholds +inf / -inf). The gradient is
-    the implicit one of SPEC section 3, or with ``implicit_grad=False`` the thresholds are
+    the implicit one of docs/SPEC.md section 3, or with ``implicit_grad=False`` the thresholds are
     held fixed. ``sharpness`` and ``tol``: finite numbers > 0; ``max_iter``: an integer >= 0 (0: the start).
     """
     max_iter = _check_solve(schedule, sharpness, tol, max_iter)
@@ -228,7 +228,7 @@ def masked_images(schedule: torch.Tensor, thresholds: torch.Tensor, pyramid: tor
     ``m_k = sigmoid(s (schedule - t_k))`` the insertion images ``pyramid_mask(P, m)`` (mode
     ``"insertion"``), the deletion images ``pyramid_mask(P, 1 - m)`` (``"deletion"``), or both in
     that order (``"both"``, M = 2). Equal to ``threshold_masks`` then ``pyramid_mask``; the
-    gradient w.r.t. the schedule includes the implicit threshold term of SPEC section 3
+    gradient w.r.t. the schedule includes the implicit threshold term of docs/SPEC.md section 3
     (``implicit_grad=False``: thresholds held fixed). ``channels_last``: the result's
     ``flatten(0, 1)`` is a channels-last ``(B M K) x C x H x W`` tensor (same values).
     """

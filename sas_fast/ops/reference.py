@@ -238,7 +238,7 @@ def masks_from_thresholds(schedule: torch.Tensor, thresholds: torch.Tensor, shar
     Gradient. With ``implicit_grad`` the thresholds follow the schedule through the
     implicit function theorem: ``dt_k/dx_j = w_kj / sum_i w_ki``, ``w = m^2 (1 - m)``.
     It is built in by the first-order identity ``t = t* + sum_j (w_j / sum w) (x_j - stopgrad(x_j))``
-    (value ``t*``, gradient ``w / sum w``), so autograd gives SPEC section 3:
+    (value ``t*``, gradient ``w / sum w``), so autograd gives docs/SPEC.md section 3:
     ``dL/dx_i = sum_k [G_ki - w_ki sum_j G_kj / sum_j w_kj]``, ``G = dL/dm * s m (1 - m)``.
     Without it the thresholds are constants (``dL/dx_i = sum_k G_ki``).
     """

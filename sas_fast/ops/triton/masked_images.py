@@ -14,7 +14,7 @@ or channels-last (strides). The channel count ``C`` is a compile-time constant (
 Backward, two launches, no atomics: program (b, pixel block) recomputes m for every k and
 ``dL/dm_ki = (L - 1) sum_j sign_j sum_c dout_jkci (P[lev_j + 1] - P[lev_j])_ci`` (sign -1 for
 deletion), ``G_ki = dL/dm_ki s m (1 - m)``, and writes ``sum_k G_ki`` plus the block's partial
-sums of ``G`` and ``w = m^2 (1 - m)`` per k. Then (implicit gradient, SPEC section 3)
+sums of ``G`` and ``w = m^2 (1 - m)`` per k. Then (implicit gradient, docs/SPEC.md section 3)
 program (b, pixel block) adds the partial sums in a fixed order and writes
 ``dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + eps)]``; detached: ``sum_k G_ki``.
 """

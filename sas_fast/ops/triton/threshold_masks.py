@@ -22,7 +22,7 @@ compiled as a device function), and so is the start's clamp into it; the start i
 start, or for a cold start the reference's :func:`~sas_fast.ops.reference.quantile_start`
 (``torch.quantile``, the one solve set-up left in torch ops). A warm-started solve is one launch.
 
-Backward (SPEC section 3): ``G_ki = dL/dm_ki s m_ki (1 - m_ki)``, ``w_ki = m_ki^2 (1 - m_ki)``,
+Backward (docs/SPEC.md section 3): ``G_ki = dL/dm_ki s m_ki (1 - m_ki)``, ``w_ki = m_ki^2 (1 - m_ki)``,
 ``dL/dx_i = sum_k [G_ki - w_ki (sum_j G_kj) / (sum_j w_kj + eps)]`` (implicit), or
 ``sum_k G_ki`` (thresholds held fixed). A per-(b, k) reduction kernel, then a per-pixel kernel.
 """
