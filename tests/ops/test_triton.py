@@ -97,7 +97,9 @@ def test_cuda_pipeline_matches_reference(b, size, window):
     torch.testing.assert_close(tri[1], ref[1], rtol=0, atol=1e-3)
     assert (R.mask_area(tri[2]) - areas).abs().max() < 1.1e-4
     torch.testing.assert_close(tri[3], ref[3], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(tri[4], ref[4], rtol=1e-2, atol=1e-2)
-    assert torch.isfinite(tri[5]).all()
-    cos = torch.nn.functional.cosine_similarity(tri[5].flatten(), ref[5].flatten(), dim=0)
-    assert cos > 0.999, f"gradient direction differs: cosine {cos.item():.5f}"
+    # the images and the gradient follow the thresholds, which agree to 1e-3 only (each solve stops
+    # at its own point under the area tolerance): compared by relative error in norm, in which a
+    # doubled or halved gradient is off by 0.5-1
+    relative = lambda got, want: ((got - want).norm() / want.norm()).item()  # noqa: E731
+    assert relative(tri[4], ref[4]) < 5e-3
+    assert torch.isfinite(tri[5]).all() and relative(tri[5], ref[5]) < 3e-2
