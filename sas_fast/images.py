@@ -19,7 +19,7 @@ def read_rgb(path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
         if image.mode not in SIXTEEN_BIT + ("I", "F"):
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))          # a writable copy
         values = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
         top = 1.0

@@ -104,7 +104,7 @@ def verified_record(out_dir: Path, chunk: int, span: range) -> dict | None:
     return record
 
 
-def _read_chunk(path: Path, span: range) -> dict:
+def read_chunk(path: Path, span: range) -> dict:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -143,7 +143,7 @@ def merge(out_dir, dest=None) -> Path:
             raise DatasetRunError(f"{len(bad)} of {len(spans)} chunks missing or corrupt in {out_dir} "
                                   f"(first: {chunk_file(bad[0])}); rerun attribute-dataset with the same "
                                   "arguments to finish them")
-        parts = [_read_chunk(out_dir / chunk_file(c), span) for c, span in enumerate(spans)]
+        parts = [read_chunk(out_dir / chunk_file(c), span) for c, span in enumerate(spans)]
         filled = [p for p in parts if len(p["indices"])]
         if not filled:
             raise DatasetRunError(f"no image of {out_dir} was attributed (all were unreadable)")

@@ -1,4 +1,4 @@
-"""The dataset sub-commands of ``sas-fast``: ``attribute-dataset`` and ``merge``.
+"""The dataset sub-commands of ``sas-fast``: ``attribute-dataset``, ``evaluate`` and ``merge``.
 
 One process::
 
@@ -6,6 +6,8 @@ One process::
         --model resnet8:cifar10:../shared/models --out runs/c10 [--batch-size 32] \\
         [--preset fast] [--iterations N] [--precision bf16] [--targets labels|predicted] [--option window=7]
     sas-fast merge runs/c10                      # -> runs/c10/saliency.npz
+    sas-fast attribute-dataset ... --method grad-cam --out runs/c10-gradcam   # a baseline's maps
+    sas-fast evaluate runs/c10 runs/c10-gradcam [--csv t.csv] [--json t.json] # the game, paired
 
 (``python -m sas_fast.cli`` is the same command.) Several processes on one machine, one per
 GPU (or CPU processes with gloo), with PyTorch's launcher::
@@ -25,7 +27,7 @@ processes). Model specs: :mod:`sas_fast.dataset.model_spec`. One run per output 
 a time. On CPU, torchrun gives each worker one thread (``OMP_NUM_THREADS=1``); one process
 per core was faster than one process with a thread per core on a busy 2-core machine.
 
-Wiring into a parser: ``add_cli_arguments(subparsers)`` adds both sub-commands with
+Wiring into a parser: ``add_cli_arguments(subparsers)`` adds the sub-commands with
 ``func`` set to their handler (``args.func(args)`` returns the exit status); the parser and
 ``main`` are :mod:`sas_fast.cli`'s.
 """
@@ -36,11 +38,14 @@ import argparse
 from ..config import PRECISIONS, PRESETS, parse_option
 from .chunks import merge
 from .errors import DatasetRunError
+from .methods import METHODS
 from .run import attribute_dataset
+from .scoring import evaluate_runs, table, write_rows
 
 
 #: attribute_dataset arguments that have their own flag (``--option`` cannot set them)
-FLAGS = ("preset", "batch_size", "iterations", "precision", "targets", "seed", "chunk_size", "max_chunks")
+FLAGS = ("preset", "batch_size", "iterations", "precision", "targets", "seed", "chunk_size", "max_chunks",
+         "method")
 
 
 def run_attribute_dataset(args) -> int:
@@ -54,7 +59,15 @@ def run_attribute_dataset(args) -> int:
     attribute_dataset(args.images, args.model, args.out, batch_size=args.batch_size,
                       iterations=args.iterations, precision=args.precision, targets=args.targets,
                       seed=args.seed, chunk_size=args.chunk_size, max_chunks=args.max_chunks,
-                      **options)
+                      method=args.method, **options)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    rows = evaluate_runs(args.dirs)
+    if rows:                                          # rank 0
+        print(table(rows))
+        write_rows(rows, args.csv, args.json)
     return 0
 
 
@@ -64,14 +77,17 @@ def run_merge(args) -> int:
 
 
 def add_cli_arguments(subparsers) -> None:
-    """Add the ``attribute-dataset`` and ``merge`` sub-commands to an argparse sub-parser set."""
+    """Add the ``attribute-dataset``, ``evaluate`` and ``merge`` sub-commands to an argparse sub-parser set."""
     p = subparsers.add_parser("attribute-dataset", help="SaS maps for every image of a folder or npz",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, metavar="SRC",
                    help="folder of images, or .npz with images/labels")
     p.add_argument("--model", required=True, metavar="SPEC",
-                   help="efficientnet-lite0 | ARCH:DATASET[:MODELS_DIR] | MODULE:FUNCTION")
+                   help="efficientnet-lite0|1|2 | torchvision:NAME | timm:NAME | ARCH:DATASET[:MODELS_DIR] | "
+                        "MODULE:FUNCTION")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (rerun to resume)")
+    p.add_argument("--method", choices=METHODS, default="sas",
+                   help="sas (default) or a baseline; one output folder per method")
     p.add_argument("--batch-size", type=int, default=32, help="images per SaS batch (default 32)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="SaS preset (default 'default'; 'fast': 1/4 of the model passes at 32 px)")
@@ -86,6 +102,13 @@ def add_cli_arguments(subparsers) -> None:
     p.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="further sas_fast.attribute option, e.g. window=7 (repeatable)")
     p.set_defaults(func=run_attribute_dataset)
+    e = subparsers.add_parser("evaluate", help="score finished runs' maps with the deletion game and "
+                              "compare them (paired)")
+    e.add_argument("dirs", nargs="+", metavar="DIR", help="output folders of attribute-dataset (same images "
+                   "and model); the first is the reference of the paired differences")
+    e.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    e.set_defaults(func=run_evaluate)
     m = subparsers.add_parser("merge", help="assemble a finished attribute-dataset folder into one npz")
     m.add_argument("dir", help="output folder of attribute-dataset")
     m.add_argument("--dest", default=None, help="npz to write (default DIR/saliency.npz)")

@@ -20,9 +20,11 @@ from ..checks import model_logits
 from ..config import PRECISIONS, make_config
 from ..precision import resolve_precision
 from ..step import mask_areas, mode_names
-from .chunks import chunk_ranges, read_json, record_file, remove_temp_files, verified_record, write_chunk, write_json
+from .chunks import (chunk_ranges, read_json, record_file, remove_temp_files, verified_record, write_chunk,
+                     write_json)
 from .errors import DatasetRunError
 from .folder import FORMAT, MANIFEST, owned_folder, read_manifest
+from .methods import BASELINES, baseline_maps, check_method
 from .model_spec import model_input, resolve_model
 from .sources import UnreadableImage, describe, open_source
 
@@ -105,7 +107,7 @@ def _prepare_out_dir(out_dir) -> Path:
 
 
 @contextlib.contextmanager
-def _claim(out: Path, workers: Workers):
+def claim(out: Path, workers: Workers):
     """Rank 0 holds ``out`` (:func:`~sas_fast.dataset.folder.owned_folder`) for the run; when it
     cannot, every process stops with its reason."""
     with contextlib.ExitStack() as held:
@@ -192,6 +194,7 @@ class Job:
     modes: tuple
     areas: np.ndarray
     sas_options: dict
+    method: str = "sas"
 
 
 def _attribute_batch(job: Job, batch: list) -> dict:
@@ -214,9 +217,12 @@ def _attribute_batch(job: Job, batch: list) -> dict:
                                   f"is out of range for a model with {logits.shape[-1]} classes")
     else:
         target = logits.argmax(-1)
-    saliency, trace = attribute(job.model, x, target, iterations=job.iterations, seed=job.seed,
-                                precision=job.precision, return_trace=True,
-                                trace_iterations=(job.iterations - 1,), progress=False, **job.sas_options)
+    if job.method == "sas":
+        saliency, trace = attribute(job.model, x, target, iterations=job.iterations, seed=job.seed,
+                                    precision=job.precision, return_trace=True,
+                                    trace_iterations=(job.iterations - 1,), progress=False, **job.sas_options)
+    else:
+        saliency = baseline_maps(job.method, job.model, x, target)
     arrays = {"indices": np.array(indices, dtype=np.int64),
               "names": np.array([job.source.name(i) for i in indices]),
               "saliency": saliency.cpu().numpy().astype(np.float16),
@@ -224,7 +230,7 @@ def _attribute_batch(job: Job, batch: list) -> dict:
               "clean_scores": logits.softmax(-1).gather(1, target[:, None])[:, 0].cpu().numpy()}
     if job.source.labels is not None:
         arrays["labels"] = job.source.labels[indices]
-    for mode in job.modes:
+    for mode in job.modes:                                    # SaS's mask scores (no mode: a baseline)
         arrays[f"scores_{mode}"] = trace.scores[mode][-1].float().cpu().numpy()
     return arrays
 
@@ -304,8 +310,8 @@ def _report(run: dict, manifest: dict, out: Path) -> str:
 def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int = 32,
                       iterations: int | None = None, precision: str | None = None, targets: str = "auto",
                       seed: int = 0, chunk_size: int = 128, max_chunks: int | None = None,
-                      progress: bool | None = None, **sas_options) -> dict:
-    """Attribute every image of ``images_src`` with SaS into chunk files under ``out_dir``.
+                      progress: bool | None = None, method: str = "sas", **sas_options) -> dict:
+    """Attribute every image of ``images_src`` with SaS (or a baseline) into chunk files under ``out_dir``.
 
     Args:
         images_src: a folder of images or an ``.npz`` with ``images`` (uint8) and ``labels``.
@@ -322,15 +328,19 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
         chunk_size: images per chunk file (the unit of resumption and of sharding).
         max_chunks: stop after this many chunks per process (time-boxed jobs); a rerun continues.
         progress: rank 0's progress bar (None: only on a terminal).
+        method: ``"sas"`` or a baseline of :mod:`sas_fast.dataset.methods` (``gradient``,
+            ``guided-bp``, ``integrated-gradients``, ``grad-cam``, ``extremal-perturbation``: no
+            SaS setting, float32 model, recorded in the manifest); one output folder per method.
         **sas_options: further :func:`sas_fast.attribute` options (``window``, ``mode``, ...).
 
     Returns:
         This run's throughput (images, wall_s, images_per_s, cpu_s_per_image, gpu_s_per_image),
         the same on every process; rank 0 also writes it to the manifest and prints it.
     """
+    check_method(method, iterations, precision, sas_options)
     sas_config = _check_arguments(batch_size, iterations, precision, targets, chunk_size, max_chunks,
                                   sas_options)
-    iterations = sas_config.iterations
+    iterations = sas_config.iterations if method == "sas" else BASELINES[method][1]
     source = open_source(images_src)
     if targets == "labels" and source.labels is None:
         raise DatasetRunError(f"{images_src} has no labels: use targets 'predicted'")
@@ -344,13 +354,15 @@ def attribute_dataset(images_src, model_spec: str, out_dir, *, batch_size: int =
                   "targets": "labels" if use_labels else "predicted", "seed": seed,
                   "iterations": iterations, "precision": precision, "chunk_size": chunk_size,
                   "sas_options": {k: list(v) if isinstance(v, tuple) else v
-                                  for k, v in sorted(sas_options.items())}}
+                                  for k, v in sorted(sas_options.items())},
+                  **({"method": method} if method != "sas" else {})}
         model, preprocess = resolve_model(model_spec)
-        folder.enter_context(_claim(out, workers))
+        folder.enter_context(claim(out, workers))
         _open_manifest(out, config, workers)
         job = Job(source, model.to(workers.device), preprocess, workers.device, use_labels,
-                  precision, batch_size, iterations, seed, mode_names(sas_config.mode),
-                  mask_areas(sas_config.num_masks).numpy(), sas_options)
+                  precision, batch_size, iterations, seed,
+                  mode_names(sas_config.mode) if method == "sas" else (),
+                  mask_areas(sas_config.num_masks).numpy(), sas_options, method)
         spans = chunk_ranges(len(source), chunk_size)
         pending = [c for c in range(workers.rank, len(spans), workers.world)
                    if verified_record(out, c, spans[c]) is None][:max_chunks]

@@ -1,0 +1,100 @@
+"""The paper's evaluation at dataset scale: `attribute-dataset --method` for the baselines and
+`evaluate` scoring finished runs with the deletion game, exactly as one scores a single image,
+resumable, sharded under torchrun, with the paired table as text, CSV and JSON."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sas_fast.cli import main
+from sas_fast.dataset import DatasetRunError, attribute_dataset, merge
+from sas_fast.dataset.model_spec import model_input, resolve_model
+from sas_fast.dataset.scoring import evaluate_runs
+from sas_fast.evaluate import deletion_game
+
+from test_dataset_run import MODEL, SETTINGS, _env, data  # noqa: F401 (fixture)
+
+BASELINE = dict(batch_size=4, chunk_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    attribute_dataset(data / "images.npz", MODEL, root / "sas", **SETTINGS)
+    attribute_dataset(data / "images.npz", MODEL, root / "gradcam", method="grad-cam", **BASELINE)
+    return root
+
+
+def _study_overall(data, out):
+    """Overall per image as a study script scores one image: its stored map, the fp32 model,
+    the noise keyed by the dataset index."""
+    maps, images = np.load(merge(out)), np.load(data / "images.npz")["images"]
+    model, preprocess = resolve_model(MODEL)
+    return {int(i): deletion_game(model, model_input(preprocess, images[i])[None],
+                                  torch.from_numpy(s)[None].float(), int(t), image_ids=[int(i)]).overall
+            for i, s, t in zip(maps["indices"], maps["saliency"], maps["targets"])}
+
+
+def test_evaluate_scores_exactly_as_one_image_is_scored_and_pairs_the_folders(data, runs, tmp_path, capsys):
+    dirs = [str(runs / "sas"), str(runs / "gradcam")]
+    assert main(["evaluate", *dirs, "--csv", str(tmp_path / "t.csv"), "--json", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| folder | method | N | Ins | Del | Overall ± se | paired Δ vs" in out and "| grad-cam | 16 |" in out
+    for name in ("sas", "gradcam"):
+        game = np.load(runs / name / "game.npz")
+        assert game["insertion"].shape == game["deletion"].shape == (16, 11)
+        assert dict(zip(game["indices"].tolist(), game["overall"].tolist())) == _study_overall(data, runs / name)
+    rows = json.loads((tmp_path / "t.json").read_text())
+    sas, gradcam = (np.load(runs / n / "game.npz")["overall"] for n in ("sas", "gradcam"))
+    assert rows[0]["method"] == "sas" and rows[1]["method"] == "grad-cam" and "paired_delta" not in rows[0]
+    assert rows[1]["paired_delta"] == pytest.approx((gradcam - sas).mean())
+    assert rows[1]["paired_se"] == pytest.approx((gradcam - sas).std(ddof=1) / 4)
+    with open(tmp_path / "t.csv") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["sas", "grad-cam"]
+
+
+def test_evaluate_resumes_and_shards(data, runs, tmp_path):
+    whole = np.load(runs / "sas" / "game.npz") if (runs / "sas" / "game.npz").exists() else None
+    if whole is None:
+        evaluate_runs([runs / "sas"], progress=False)
+        whole = np.load(runs / "sas" / "game.npz")
+    whole = {k: whole[k] for k in whole.files}
+    kept = (runs / "sas" / "game_000000.npz").stat().st_mtime_ns
+    (runs / "sas" / "game_000002.npz").unlink()
+    (runs / "sas" / "game.npz").unlink()
+    evaluate_runs([runs / "sas"], progress=False)
+    assert (runs / "sas" / "game_000000.npz").stat().st_mtime_ns == kept          # not redone
+    again = np.load(runs / "sas" / "game.npz")
+    assert all(np.array_equal(again[k], v) for k, v in whole.items())
+    two = tmp_path / "two"
+    subprocess.run(["cp", "-r", str(runs / "sas"), str(two)], check=True)
+    for part in two.glob("game*.npz"):
+        part.unlink()
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "sas_fast.cli", "evaluate",
+                    str(two)], check=True, env=_env(threads=1), capture_output=True)
+    sharded = np.load(two / "game.npz")
+    assert all(np.array_equal(sharded[k], v) for k, v in whole.items())
+
+
+def test_evaluate_and_method_errors_are_one_line(data, runs, tmp_path, capsys):
+    attribute_dataset(data / "images.npz", MODEL, tmp_path / "part", max_chunks=1, **SETTINGS)
+    attribute_dataset(data / "folder", MODEL, tmp_path / "other", method="gradient", **BASELINE)
+    cases = [(["evaluate", str(tmp_path / "part")], "is not complete: rerun its attribute-dataset command"),
+             (["evaluate", str(runs / "sas"), str(tmp_path / "other")], "hold runs of different sources"),
+             (["evaluate", str(tmp_path)], "not an attribute-dataset output folder"),
+             (["attribute-dataset", "--images", str(data / "images.npz"), "--model", MODEL, "--out",
+               str(tmp_path / "x"), "--method", "gradient", "--iterations", "5"],
+              "method gradient takes no SaS setting (iterations)")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(DatasetRunError, match="unknown method 'lime'"):
+        attribute_dataset(data / "images.npz", MODEL, tmp_path / "y", method="lime")
