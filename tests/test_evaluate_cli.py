@@ -98,3 +98,33 @@ def test_evaluate_and_method_errors_are_one_line(data, runs, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(DatasetRunError, match="unknown method 'lime'"):
         attribute_dataset(data / "images.npz", MODEL, tmp_path / "y", method="lime")
+
+
+PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet_samples"
+
+
+@pytest.mark.skipif(not (PHOTOS / "labels.csv").exists(), reason="needs the ImageNet photos of ../shared")
+def test_the_command_line_reproduces_the_imagenet_study(tmp_path):
+    """Two ImageNet photos, EfficientNet-Lite0, the gradient's maps: the rows of
+    benchmarks/imagenet_study.py and `attribute-dataset` + `evaluate` give the same Overall."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from test_reproduce import _script
+
+    lines = (PHOTOS / "labels.csv").read_text().splitlines()
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    for line in lines[1:3]:
+        name = line.split(",")[0]
+        (folder / "images" / name).write_bytes((PHOTOS / "images" / name).read_bytes())
+    (folder / "labels.csv").write_text("\n".join(lines[:3]) + "\n")
+    study = _script("imagenet_study")
+    assert study.main(["--images", str(folder), "--n", "2", "--methods", "gradient", "--out",
+                       str(tmp_path / "rows"), "--maps", str(tmp_path / "maps")]) == 0
+    rows = {r["index"]: r["overall"] for r in map(json.loads, (tmp_path / "rows" / "evaluation_gradient.jsonl")
+                                                    .read_text().splitlines())}
+    attribute_dataset(folder, "efficientnet-lite0", tmp_path / "run", method="gradient", batch_size=1,
+                      chunk_size=1, progress=False)
+    (row,) = evaluate_runs([tmp_path / "run"], progress=False)
+    game = np.load(tmp_path / "run" / "game.npz")
+    assert dict(zip(game["indices"].tolist(), game["overall"].tolist())) == rows
+    assert row["overall"] == pytest.approx(np.mean(list(rows.values())))
