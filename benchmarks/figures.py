@@ -1,6 +1,6 @@
 """Figures for people, on scikit-image's bundled photos with EfficientNet-Lite0 (ImageNet).
 
-    python benchmarks/figures.py --out docs --iterations 80 --precision bf16
+    python -m benchmarks.figures --out docs --iterations 80 --precision bf16
 
 - ``compare_grid.png`` (paper figure 5): each photo, then SaS, GradCAM, IG, Guided BP and (with
   TorchRay installed) Extremal Perturbation

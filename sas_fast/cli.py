@@ -27,7 +27,7 @@ from .images import read_rgb
 from .precision import resolve_precision
 
 #: ``explain --demo``: the default schedule for 40 iterations (1,440 model image-passes), the most
-#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/demo_budget.py, RESULTS.md),
+#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/studies/demo_budget.py, RESULTS.md),
 #: and on a slower CPU as many as fit ``DEMO_MAX_SECONDS`` (30: as good as 80 on the game; 20: -0.025).
 DEMO_PRESET = "default"
 DEMO_ITERATIONS = 40

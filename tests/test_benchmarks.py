@@ -1,21 +1,16 @@
-"""Smoke runs of the speed benchmarks on the CPU (the GPU run is benchmarks/gpu_check.sh)."""
+"""Smoke runs of the speed benchmarks on the CPU (the GPU run is benchmarks/speed/gpu_check.sh)."""
 import argparse
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import torch
 
 from sas_fast.precision import cpu_capability
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.speed.{name}")
 
 
 def test_bench_attribute_quick_cpu(tmp_path, capsys):

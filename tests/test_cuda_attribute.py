@@ -1,5 +1,5 @@
 """Whole SaS runs on a GPU: the CUDA-graph iteration against eager Triton, and Triton against the
-reference. Skipped without CUDA; ``benchmarks/gpu_check.sh`` runs them on a GPU machine."""
+reference. Skipped without CUDA; ``benchmarks/speed/gpu_check.sh`` runs them on a GPU machine."""
 import pytest
 import torch
 from torch import nn

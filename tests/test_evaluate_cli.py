@@ -106,7 +106,7 @@ PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "image
 @pytest.mark.skipif(not (PHOTOS / "labels.csv").exists(), reason="needs the ImageNet photos of ../shared")
 def test_the_command_line_reproduces_the_imagenet_study(tmp_path):
     """Two ImageNet photos, EfficientNet-Lite0, the gradient's maps: the rows of
-    benchmarks/imagenet_study.py and `attribute-dataset` + `evaluate` give the same Overall."""
+    benchmarks/studies/imagenet_study.py and `attribute-dataset` + `evaluate` give the same Overall."""
     pytest.importorskip("efficientnet_lite_pytorch")
     from test_reproduce import _script
 

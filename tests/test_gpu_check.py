@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh rehearsed on the CPU (GPU_CHECK_REHEARSAL=1: the Triton interpreter,
+"""benchmarks/speed/gpu_check.sh rehearsed on the CPU (GPU_CHECK_REHEARSAL=1: the Triton interpreter,
 tiny sizes): every step runs and passes, and the archive and summary.md hold each step's rows;
 the summary on its own: cold and warm solve rows apart, steps cut or not run named as such."""
 import json
@@ -12,15 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["env", "pipeline", "attribute_resnet8", "attribute_vgg16", "ops", "nli", "conformance"]
-sys.path.insert(0, str(ROOT / "benchmarks" / "speed"))
-import gpu_check_summary  # noqa: E402
+from benchmarks.speed import gpu_check_summary
 
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     env = dict(os.environ, GPU_CHECK_REHEARSAL="1", PYTHON=sys.executable)
-    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)], env=env,
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "speed" / "gpu_check.sh"), str(out)], env=env,
                          capture_output=True, text=True, timeout=600)
     return run, out
 
@@ -85,7 +84,7 @@ def test_summary_keeps_cold_and_warm_apart_and_names_cut_steps(tmp_path):
 
 def test_asked_steps_run_alone_and_the_rest_are_named(tmp_path):
     env = dict(os.environ, GPU_CHECK_REHEARSAL="1", PYTHON=sys.executable, GPU_CHECK_STEPS="env nli")
-    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)], env=env,
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "speed" / "gpu_check.sh"), str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()

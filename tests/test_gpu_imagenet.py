@@ -1,4 +1,4 @@
-"""benchmarks/gpu_imagenet.sh rehearsed on the CPU (DEVICE=cpu, --quick): both lanes write rows
+"""benchmarks/studies/gpu_imagenet.sh rehearsed on the CPU (DEVICE=cpu, --quick): both lanes write rows
 for every photo of the split, and OUT_DIR ends with the archive and the table."""
 import os
 import subprocess
@@ -20,7 +20,7 @@ def test_rehearsal_writes_rows_of_both_lanes(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, ASSETS=str(assets), SAS_SHARED=str(PHOTOS.parents[1]),
                DEVICE="cpu", ROUNDS="2", BATCH="2", EP_SHARDS="2", STUDY_ARGS="--quick",
                SAS_METHODS="fastest", BASELINES="gradient", IMAGENET_BUDGET="240")
-    script = str(ROOT / "benchmarks" / "gpu_imagenet.sh")
+    script = str(ROOT / "benchmarks" / "studies" / "gpu_imagenet.sh")
     subprocess.run(["bash", script, "--stage"], env=env, check=True, capture_output=True, timeout=60)
     run = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True, text=True,
                          timeout=300)

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/imagenet_study.py on four generated photos with a tiny model: batched
+"""Smoke test of benchmarks/studies/imagenet_study.py on four generated photos with a tiny model: batched
 photos, shards sharing one rows file, resume, and the report."""
 import json
 

@@ -1,19 +1,14 @@
-"""What one SaS iteration launches outside the model (``benchmarks/iteration_cost.py``): torch ops
+"""What one SaS iteration launches outside the model (``benchmarks/speed/iteration_cost.py``): torch ops
 by a dispatch-mode counter, Triton launches by a launch hook; on the CPU (C++ backend, Triton
 under the interpreter) and on CUDA when present. Target: <= 25 per iteration (C++ 13,
 Triton 20: 12 launches and the 8 torch ops the backends share, sampler, score gather, loss, Adam)."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from sas_fast import ops
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("iteration_cost", ROOT / "benchmarks" / "iteration_cost.py")
-cost = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cost)
+from benchmarks.speed import iteration_cost as cost
 
 LIMIT = 25
 CPU = torch.device("cpu")

@@ -1,5 +1,5 @@
 """Smoke runs of the paper-reproduction scripts (tiny N, few iterations) on the real models."""
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.skipif(not (SHARED / "models" / "resnet8_cifar10.pt").e
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.studies.{name}")
 
 
 def test_reproduce_table2_smoke(tmp_path):
@@ -80,7 +76,7 @@ def test_rounding_sensitivity_smoke(capsys):
 def test_gpu_table2_script_stages_and_runs_on_cpu(tmp_path):
     env = {**os.environ, "SAS_SHARED": str(SHARED), "ASSETS": str(tmp_path / "assets"), "DEVICE": "cpu",
            "N": "2", "ITERATIONS": "1", "BATCH": "2", "PYTHON": sys.executable}
-    script = str(ROOT / "benchmarks" / "gpu_table2.sh")
+    script = str(ROOT / "benchmarks" / "studies" / "gpu_table2.sh")
     subprocess.run(["bash", script, "--stage", "resnet8", "mnist"], env=env, check=True)
     assert sorted(p.name for p in (tmp_path / "assets").rglob("*.*")) == ["resnet8_mnist.pt", "test.npz"]
     subprocess.run(["bash", script, str(tmp_path / "out")], env=env, check=True)

@@ -1,4 +1,4 @@
-"""pytest plugin (``-p bench_rows``): each pytest-benchmark result appended to the JSON-lines
+"""pytest plugin (``-p benchmarks.speed.bench_rows``): each pytest-benchmark result appended to the JSON-lines
 file named by ``$BENCH_ROWS`` as soon as its test ends, so a run cut short keeps every number
 measured before the cut (``--benchmark-json`` writes only at the end).
 

@@ -9,9 +9,9 @@ minor page faults). ``--pairs`` pairs run old, new, old, new, ... ; prints one r
 the speed-up per pair in wall and in CPU time (user + system; the one to read on a shared
 machine) and their medians. ``--precision`` is the model's (``auto``: bf16 where native):
 
-    python benchmarks/speed/cpu_batching_ab.py --models ../shared/models --data ../shared/data --precision fp32
-    python benchmarks/speed/cpu_batching_ab.py --variant old ...     # one run of one rule
-    python benchmarks/speed/cpu_batching_ab.py --max-batch 96 ...    # one run with this max_batch
+    python -m benchmarks.speed.cpu_batching_ab --precision fp32
+    python -m benchmarks.speed.cpu_batching_ab --variant old ...     # one run of one rule
+    python -m benchmarks.speed.cpu_batching_ab --max-batch 96 ...    # one run with this max_batch
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+
+from benchmarks.paths import shared_dir
 
 #: masked-image bytes per model call under the former rule
 OLD_CHUNK_BYTES = 4 << 20
@@ -38,8 +41,8 @@ def run_once(args) -> dict:
     from sas_fast.precision import cpu_capability, resolve_precision
 
     torch.set_num_threads(1)
-    model = load_paper_model("resnet8", "cifar10", args.models)
-    images, labels = load_npz_dataset("cifar10", args.data, indices=list(range(args.images)))
+    model = load_paper_model("resnet8", "cifar10", args.shared / "models")
+    images, labels = load_npz_dataset("cifar10", args.shared / "data", indices=list(range(args.images)))
     max_batch = args.max_batch
     if args.variant == "old" and max_batch is None:
         max_batch = max(1, OLD_CHUNK_BYTES // (images[0].numel() * images.element_size()))
@@ -58,7 +61,7 @@ def run_once(args) -> dict:
 
 
 def _child(args, variant: str) -> dict:
-    cmd = [sys.executable, __file__, "--variant", variant, "--models", args.models, "--data", args.data,
+    cmd = [sys.executable, "-m", "benchmarks.speed.cpu_batching_ab", "--variant", variant, "--shared", str(args.shared),
            "--images", str(args.images), "--iterations", str(args.iterations), "--precision", args.precision,
            "--one"]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
@@ -78,11 +81,11 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="the model's (SaSConfig)")
     ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--models", default="../shared/models")
-    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # a child: print the row as JSON
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args(argv)
+    args.shared = shared_dir(args.shared)
     if args.one:
         print(json.dumps(run_once(args)))
         return 0

@@ -1,6 +1,6 @@
-"""The tables of a ``benchmarks/gpu_check.sh`` run, as Markdown, from the folder its steps write to.
+"""The tables of a ``benchmarks/speed/gpu_check.sh`` run, as Markdown, from the folder its steps write to.
 
-    python benchmarks/speed/gpu_check_summary.py RESULTS_DIR > summary.md
+    python -m benchmarks.speed.gpu_check_summary RESULTS_DIR > summary.md
 
 Reads what is there (a step cut short or not run leaves its section saying so): ``env.log``,
 ``steps.tsv`` (step, exit code, seconds, cap), ``pipeline.json``, ``attribute_*.json``,

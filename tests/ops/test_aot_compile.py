@@ -1,5 +1,5 @@
 """Ahead-of-time compilation of every Triton kernel through its launch wrapper, without a GPU
-(``benchmarks/kernel_resources.py``): each kernel variant the ops launch compiles for the CUDA
+(``benchmarks/speed/kernel_resources.py``): each kernel variant the ops launch compiles for the CUDA
 targets, with no register spills and shared memory within the target's limit. Default suite:
 sm_90 and sm_75 in float32; ``--runslow``: sm_75, sm_80, sm_86, sm_89, sm_90 in float32,
 bfloat16 and float64 (the record of that run: ``benchmarks/results/kernel_resources.json``)."""
@@ -27,7 +27,7 @@ def _defined_kernels():
 def _compile(tmp_path, targets, dtypes):
     out = tmp_path / "kernel_resources.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed.kernel_resources",
                            "--targets", targets, "--dtypes", dtypes, "--out", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -2,7 +2,7 @@
 and (on a GPU) the whole pipeline at the paper's sizes. Their values and gradients against the
 reference, on every layout and dtype, interpreted on CPU and compiled on CUDA, are in the
 conformance suite ``test_backends.py`` (``TRITON_INTERPRET=0 pytest tests/ops`` on a GPU
-machine, see benchmarks/gpu_check.sh).
+machine, see benchmarks/speed/gpu_check.sh).
 """
 import os
 import subprocess

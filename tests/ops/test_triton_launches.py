@@ -1,29 +1,24 @@
 """What the Triton ops launch per call, and the Python-side math they share with the reference.
 
-Counted with ``benchmarks/iteration_cost.py``'s counter (torch ops by a dispatch mode, Triton
+Counted with ``benchmarks/speed/iteration_cost.py``'s counter (torch ops by a dispatch mode, Triton
 launches by a launch hook): after its first call an op builds nothing per call (the Gaussian
 taps are cached; the threshold solve's bracket and start clamp run inside its kernel), so a
 warm-started solve is one launch and allocates only its ``B x K`` thresholds (no masks). The
 changed ops still equal the reference in float64, gradients by gradcheck, on odd shapes with
 NaN-poisoned outputs. On CPU tensors under the interpreter (``TRITON_INTERPRET=1``, conftest.py).
 """
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.speed import iteration_cost as cost
 from sas_fast import ops
 from sas_fast.ops import reference as R
 
 pytestmark = pytest.mark.skipif(ops.unavailable_reason("triton", torch.device("cpu")) is not None,
                                 reason=str(ops.unavailable_reason("triton", torch.device("cpu"))))
 
-_spec = importlib.util.spec_from_file_location(
-    "iteration_cost", Path(__file__).resolve().parents[2] / "benchmarks" / "iteration_cost.py")
-cost = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cost)
 
 D = torch.float64
 

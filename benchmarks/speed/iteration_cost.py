@@ -20,9 +20,9 @@ Peak memory (CPU): the rise of the process's peak resident set (``VmHWM``, reset
 ``/proc/self/clear_refs``) over one iteration; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
 freed buffers go back to the system at once. On CUDA: ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/iteration_cost.py --backend cpp --size 32 --batch 2     # CPU
-    python benchmarks/iteration_cost.py --backend triton --device cuda        # GPU
-    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/iteration_cost.py --memory --batch 128
+    python -m benchmarks.speed.iteration_cost --backend cpp --size 32 --batch 2     # CPU
+    python -m benchmarks.speed.iteration_cost --backend triton --device cuda        # GPU
+    MALLOC_MMAP_THRESHOLD_=65536 python -m benchmarks.speed.iteration_cost --memory --batch 128
 
 prints one JSON object (of the second iteration, the first warm-started one).
 """

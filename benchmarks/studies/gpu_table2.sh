@@ -3,9 +3,9 @@
 # device_assets/ (git-ignored; benchmarks/GPU.md says what goes there and how it travels). Stage
 # one architecture at a time here (ResNet8: both models + both test sets, 54 MiB; VGG16: one
 # dataset, 56 MiB for CIFAR-10); device_assets/wheels/ (the captum wheel) is kept:
-#   bash benchmarks/gpu_table2.sh --stage resnet8 [mnist cifar10]    # copies from ../shared ($SAS_SHARED)
+#   bash benchmarks/studies/gpu_table2.sh --stage resnet8 [mnist cifar10]    # copies from ../shared ($SAS_SHARED)
 # then, where the GPU is, with device_assets/ beside the checkout:
-#   bash benchmarks/gpu_table2.sh [OUT_DIR]        (default $OUT, else /tmp)
+#   bash benchmarks/studies/gpu_table2.sh [OUT_DIR]        (default $OUT, else /tmp)
 # Per setting, two steps, each reproduce_table2.py --n $N (default 512) --batch 128 in bf16 under
 # $SETTING_TIMEOUT (default 240 s): SaS alone first (its table, curves and score profiles
 # written when it ends), then the baselines (Gradient, Guided BP, IG, GradCAM) added with --update.
@@ -13,9 +13,9 @@
 # is installed (no dependencies, no index) into a private folder put on PYTHONPATH. The JSON is
 # written after every method, so a cut step keeps what finished. After every step OUT_DIR holds
 # two files: table2.tar.gz (every table, JSON, curve and profile PNG, log) and table2.md (the tables).
-# Render on this machine: python benchmarks/reproduce_table2.py --render-only --out DIR ...
+# Render on this machine: python -m benchmarks.studies.reproduce_table2 --render-only --out DIR ...
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ASSETS=${ASSETS:-device_assets} SHARED=${SAS_SHARED:-../shared}
 if [ "${1:-}" = "--stage" ]; then
     arch=${2:?"--stage ARCH [DATASET...]"}; shift 2
@@ -57,7 +57,7 @@ publish() {
 run_setting() {   # run_setting NAME DATASET ARCH METHODS [--update]
     local name=$1 dataset=$2 arch=$3 methods=$4
     shift 4
-    timeout "${SETTING_TIMEOUT:-240}" $PY benchmarks/reproduce_table2.py --dataset "$dataset" --arch "$arch" \
+    timeout "${SETTING_TIMEOUT:-240}" $PY -m benchmarks.studies.reproduce_table2 --dataset "$dataset" --arch "$arch" \
         --n "${N:-512}" --batch "${BATCH:-128}" --precision bf16 --device "$DEVICE" --shared "$ASSETS" \
         --iterations "${ITERATIONS:-200}" --methods "$methods" --out "$RESULTS" "$@" 2>&1 | tee "$RESULTS/$name.log"
     echo "exit code ${PIPESTATUS[0]}" | tee -a "$RESULTS/$name.log"

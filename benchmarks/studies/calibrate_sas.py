@@ -1,6 +1,6 @@
 """Calibrate the SaS defaults the paper leaves open, on calibration images only.
 
-    python benchmarks/calibrate_sas.py --dataset cifar10 --arch resnet8 --n 64 \
+    python -m benchmarks.studies.calibrate_sas --dataset cifar10 --arch resnet8 --n 64 \
         --grid "lr=0.02,0.05,0.1,0.2" --grid "window=5,7,9" --grid "max_blur=2,2.857,4"
 
 Calibration images are test indices = 1 mod 10 (stratified by class); reproduce_table2.py
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 import sas_fast
+from benchmarks.paths import shared_dir
 from sas_fast.config import parse_value
 from sas_fast.evaluate import deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
 def calibration_indices(labels: np.ndarray, n: int) -> np.ndarray:
@@ -56,9 +56,10 @@ def main(argv=None) -> int:
                     help="NAME=v,NAME2=w: one run with all of these changed (repeatable)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="model precision during SaS")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--out", type=Path, default=Path("results/calibration.md"))
     args = ap.parse_args(argv)
+    args.shared = shared_dir(args.shared)
 
     device = torch.device(args.device)
     model = load_paper_model(args.arch, args.dataset, args.shared / "models").to(device)

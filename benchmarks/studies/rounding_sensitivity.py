@@ -1,6 +1,6 @@
 """How far apart two SaS runs drift when they differ only by rounding.
 
-    python benchmarks/rounding_sensitivity.py --dataset cifar10 --arch resnet8 --index 3
+    python -m benchmarks.studies.rounding_sensitivity --dataset cifar10 --arch resnet8 --index 3
 
 On one test image and the paper's trained model, max |saliency a - saliency b| (min-max
 normalised schedules, paper eq. 8) after 5, 10, 20, 50 iterations (``--checkpoints``) for three pairs:
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.paths import shared_dir
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.iteration import IterationRunner
 from sas_fast.models import load_npz_dataset, load_paper_model
 from sas_fast.step import Objective
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 def run(model, image, target, premask, backend: str, dtype: torch.dtype, config: SaSConfig,
         checkpoints) -> dict:
     """Normalised schedules ``{iteration: H x W}`` at the ``checkpoints`` of one run from ``premask``."""
@@ -51,8 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--index", type=int, default=3, help="test image index")
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--threshold-tol", type=float, default=SaSConfig.threshold_tol)
-    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     args = ap.parse_args(argv)
+    args.shared = shared_dir(args.shared)
     config = SaSConfig(threshold_tol=args.threshold_tol)
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models").requires_grad_(False)

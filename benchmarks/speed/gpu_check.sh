@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
 # The GPU check, one prepared script for a CUDA machine with torch + triton + pytest (installs
 # nothing; pytest-xdist used when present). Headline numbers first, then the rest:
-#   pipeline         benchmarks/pipeline_graph.py: the mask pipeline captured in a CUDA graph, ms per
+#   pipeline         benchmarks/speed/pipeline_graph.py: the mask pipeline captured in a CUDA graph, ms per
 #                    replay at 224 px B = 1 and 32 px B = 128 (K = 20), solve iterations cold / warm,
 #                    a torch.profiler kernel table (in pipeline.log);
-#   attribute_*      benchmarks/bench_attribute.py: CNN alone vs reference step vs fused step vs the
+#   attribute_*      benchmarks/speed/bench_attribute.py: CNN alone vs reference step vs fused step vs the
 #                    whole iteration replayed from a CUDA graph; ResNet8 at 32 px (B = 1 16 128) and
 #                    VGG16 at 224 px (B = 1 16; GPU_CHECK_FULL=1 adds 128), fp32 and bf16 models;
-#   ops              benchmarks/test_ops_bench.py, reference vs triton, inputs drawn on the GPU; one
+#   ops              benchmarks/speed/test_ops_bench.py, reference vs triton, inputs drawn on the GPU; one
 #                    JSON line per benchmark as it finishes (ops_rows.jsonl), pipelines first;
-#   nli              benchmarks/bench_nli.py: the batched NLI solver vs scipy, per mask;
+#   nli              benchmarks/speed/bench_nli.py: the batched NLI solver vs scipy, per mask;
 #   conformance      every backend on CUDA against the reference and whole CUDA-graph runs
 #                    (pytest -n auto when pytest-xdist is there; skip and failure reasons shown).
 # Every step has a time cap within a whole-script budget (GPU_CHECK_BUDGET, default 400 s); a step
 # the budget cannot start is recorded as not run. After every step the results so far go to
 # OUT_DIR as two files: gpu_check.tar.gz (every log and JSON) and summary.md (the tables).
-#   bash benchmarks/gpu_check.sh [OUT_DIR]              (default $OUT, else /tmp/sas_gpu_check)
+#   bash benchmarks/speed/gpu_check.sh [OUT_DIR]              (default $OUT, else /tmp/sas_gpu_check)
 # GPU_CHECK_STEPS (names, space-separated) runs only those steps, e.g. the conformance suite in a
 # second process beside other work; GPU_CHECK_WORKERS sets pytest-xdist's worker count.
 # GPU_CHECK_REHEARSAL=1 runs the same steps on the CPU (TRITON_INTERPRET=1, tiny sizes, a few
 # interpreter conformance cases) in about a minute: tests/test_gpu_check.py. See benchmarks/GPU.md.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT_DIR=${1:-${OUT:-/tmp/sas_gpu_check}}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 mkdir -p "$OUT_DIR"
@@ -57,7 +57,7 @@ $PY -c "import xdist" 2>/dev/null && XDIST=(-n "${GPU_CHECK_WORKERS:-auto}")
 start=$SECONDS
 
 publish() {   # the results so far: archive and summary, each replaced in one move
-    $PY benchmarks/speed/gpu_check_summary.py "$WORK" > "$WORK/summary.md" 2> "$WORK/summary.err"
+    $PY -m benchmarks.speed.gpu_check_summary "$WORK" > "$WORK/summary.md" 2> "$WORK/summary.err"
     cp "$WORK/summary.md" "$OUT_DIR/summary.md.part" && mv "$OUT_DIR/summary.md.part" "$OUT_DIR/summary.md"
     tar czf "$OUT_DIR/gpu_check.tar.gz.part" -C "$WORK" . \
         && mv "$OUT_DIR/gpu_check.tar.gz.part" "$OUT_DIR/gpu_check.tar.gz"
@@ -86,14 +86,14 @@ printf 'step\texit code\tseconds\tcap s\n' > "$WORK/steps.tsv"
 step env 60 $PY -c "import platform, torch, triton; from sas_fast.precision import cpu_capability
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', '| torch', torch.__version__,
       '| triton', triton.__version__, '| python', platform.python_version(), '| CPU', cpu_capability())"
-step pipeline 70 $PY benchmarks/pipeline_graph.py "${PIPELINE[@]}" --json "$WORK/pipeline.json"
-step attribute_resnet8 70 $PY benchmarks/bench_attribute.py "${RESNET8[@]}" --json "$WORK/attribute_resnet8.json"
-step attribute_vgg16 70 $PY benchmarks/bench_attribute.py "${VGG16[@]}" --json "$WORK/attribute_vgg16.json"
-step ops 90 env PYTHONPATH="$PWD/benchmarks/speed:$PYTHONPATH" BENCH_ROWS="$WORK/ops_rows.jsonl" \
-    $PY -m pytest -p no:cacheprovider -p bench_rows -o addopts="" -rfEs \
-    "${OPS_TESTS[@]/#/benchmarks/test_ops_bench.py::}" -k "$OPS_SELECT" "${OPS_TIME[@]}" \
+step pipeline 70 $PY -m benchmarks.speed.pipeline_graph "${PIPELINE[@]}" --json "$WORK/pipeline.json"
+step attribute_resnet8 70 $PY -m benchmarks.speed.bench_attribute "${RESNET8[@]}" --json "$WORK/attribute_resnet8.json"
+step attribute_vgg16 70 $PY -m benchmarks.speed.bench_attribute "${VGG16[@]}" --json "$WORK/attribute_vgg16.json"
+step ops 90 env BENCH_ROWS="$WORK/ops_rows.jsonl" \
+    $PY -m pytest -p no:cacheprovider -p benchmarks.speed.bench_rows -o addopts="" -rfEs \
+    "${OPS_TESTS[@]/#/benchmarks/speed/test_ops_bench.py::}" -k "$OPS_SELECT" "${OPS_TIME[@]}" \
     --benchmark-columns=median,rounds --benchmark-group-by=param:case --benchmark-json="$WORK/ops_bench.json"
-step nli 25 $PY benchmarks/bench_nli.py "${NLI[@]}"
+step nli 25 $PY -m benchmarks.speed.bench_nli "${NLI[@]}"
 step conformance 180 $PY -m pytest -p no:cacheprovider -o addopts="" -v -rfEs "${XDIST[@]}" \
     "${CONFORMANCE[@]}" -k "$CONFORMANCE_SELECT" --junitxml="$WORK/conformance.xml"
 

@@ -11,8 +11,8 @@ and local memory come from ``cuobjdump --dump-resource-usage`` on the cubin (loc
 Triton kernel is register spill), shared memory from the compiled metadata, checked against the
 target's per-block limit (opt-in maximum).
 
-    python benchmarks/kernel_resources.py --out benchmarks/results/kernel_resources.json
-    python benchmarks/kernel_resources.py --targets 90,75 --dtypes float32
+    python -m benchmarks.speed.kernel_resources --out benchmarks/results/kernel_resources.json
+    python -m benchmarks.speed.kernel_resources --targets 90,75 --dtypes float32
 
 prints (and with ``--out`` writes) one JSON object: ``kernels`` (one record per kernel, dtype and
 target) and ``failures`` (compile errors, spills, shared memory over the limit).
@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"           # compiled kernels: JITFunction, not the interpreter
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import triton  # noqa: E402

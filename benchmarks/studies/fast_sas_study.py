@@ -1,8 +1,8 @@
 """Quality per model image-pass: ways to spend fewer passes than the default for the same Overall.
 
-    python benchmarks/fast_sas_study.py --dataset cifar10 --arch resnet8 --split calibration --n 16 \
+    python -m benchmarks.studies.fast_sas_study --dataset cifar10 --arch resnet8 --split calibration --n 16 \
         --methods cut@1800,cosine@1800,K6@1800,sample9@1800,sample3@1800,sample3-cosine@1800
-    python benchmarks/fast_sas_study.py --dataset cifar10 --arch resnet8 --split evaluation --n 64 \
+    python -m benchmarks.studies.fast_sas_study --dataset cifar10 --arch resnet8 --split evaluation --n 64 \
         --methods default,sample3@1800,sample3@900,sample3@450
 
 A method is ``FAMILY@PASSES``: the family's SaS options (:data:`FAMILIES`) with as many iterations
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,18 +29,17 @@ import numpy as np
 import torch
 
 import sas_fast
+from benchmarks.paths import shared_dir
 from sas_fast.config import make_config
 from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate_sas import calibration_indices  # noqa: E402
-from reproduce_table2 import BASELINES  # noqa: E402
+from benchmarks.studies.calibrate_sas import calibration_indices
+from benchmarks.studies.reproduce_table2 import BASELINES
 
 #: model image-passes per image of the gradient baselines (IG: its 50 steps)
 BASELINE_PASSES = {"Gradient": 1, "Guided BP": 1, "IG": 50, "GradCAM": 1}
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 #: the candidates of the study, fixed before any result came in (benchmarks/RESULTS.md)
 FAMILIES = {
@@ -198,12 +196,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="images per attribute call")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--frontier", metavar="FAMILIES", help="only draw the frontier of FAMILIES (comma-separated) against the "
                     "default cut short from the evaluation runs in --out (table printed, figure to --figure)")
     ap.add_argument("--figure", type=Path, default=Path("frontier.png"))
     args = ap.parse_args(argv)
+    args.shared = shared_dir(args.shared)
     if args.frontier:
         print(frontier(args.out, args.figure, args.frontier))
         return 0

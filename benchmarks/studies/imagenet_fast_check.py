@@ -1,7 +1,7 @@
 """Do the cheaper presets give the paper's ImageNet maps?
 
-    python benchmarks/imagenet_fast_check.py --photos chelsea,coffee --precision bf16
-    python benchmarks/imagenet_fast_check.py --photos rocket,camera --methods fast-imagenet,fast
+    python -m benchmarks.studies.imagenet_fast_check --photos chelsea,coffee --precision bf16
+    python -m benchmarks.studies.imagenet_fast_check --photos rocket,camera --methods fast-imagenet,fast
 
 On scikit-image's bundled photos with the bundled EfficientNet-Lite0 (224 px, top-1 class as
 target), the maps of ``--methods`` (default ``paper-imagenet,fast-imagenet``):

@@ -13,9 +13,9 @@ and batch size B it measures, in ms per iteration:
 It prints one table row per (model, B) with the ratios to ``cnn`` and the seconds per image of a
 full run (200 iterations at 32 px, 800 at 224 px: paper section 4)::
 
-    python benchmarks/bench_attribute.py                       # CUDA: B = 1 16 128
-    python benchmarks/bench_attribute.py --quick               # a CPU smoke run, seconds
-    python benchmarks/bench_attribute.py --models resnet8 --batch 1 16 --iters 5 --json out.json
+    python -m benchmarks.speed.bench_attribute                       # CUDA: B = 1 16 128
+    python -m benchmarks.speed.bench_attribute --quick               # a CPU smoke run, seconds
+    python -m benchmarks.speed.bench_attribute --models resnet8 --batch 1 16 --iters 5 --json out.json
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import statistics
 import time
 
 import torch
+
+from benchmarks.common import sync
 from torch import nn
 
 from sas_fast import ops
@@ -49,21 +51,16 @@ def vgg16(classes: int = 1000) -> nn.Sequential:
 MODELS = {"vgg16": (vgg16, 224), "resnet8": (resnet8, 32)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time_ms(fn, device, warmup: int, iters: int) -> float:
     """Median wall time of ``fn()`` in ms over ``iters`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 

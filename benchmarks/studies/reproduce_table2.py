@@ -1,6 +1,6 @@
 """Reproduce the paper's table 2 (deletion / insertion game, docs/SPEC.md section 5) for one setting.
 
-    python benchmarks/reproduce_table2.py --dataset cifar10 --arch resnet8 --n 512 --device cuda
+    python -m benchmarks.studies.reproduce_table2 --dataset cifar10 --arch resnet8 --n 512 --device cuda
 
 The same N test images (stratified by class, never a calibration image: indices = 1 mod 10
 are kept for calibration, see calibrate_sas.py) for every method, ground-truth labels as
@@ -20,13 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 import sas_fast
+from benchmarks.paths import shared_dir
 from sas_fast import baselines
 from sas_fast.config import make_config, parse_option
 from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 from sas_fast.viz import plot_game_curves, plot_score_profiles
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 #: the paper's table 2 (Ins, Del, Overall) for the settings that exist here
 PAPER = {
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="SaS,Gradient,Guided BP,IG,GradCAM")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--shared", type=Path, default=SHARED, help="folder with data/ and models/")
+    ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the table and curves from the .json of an earlier run (no model runs)")
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
                     help="add or replace --methods in the .json of an earlier run on the same images "
                          "(e.g. SaS after a change of defaults); the other methods' results are kept")
     args = ap.parse_args(argv)
+    args.shared = shared_dir(args.shared)
     if args.render_only:
         return render(args.out, f"{args.dataset}_{args.arch}")
 

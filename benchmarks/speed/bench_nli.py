@@ -1,7 +1,7 @@
 """Noisy Linear Imputation: the batched torch solver against the scipy reference, per mask.
 
-    python benchmarks/bench_nli.py                      # CUDA if present, else CPU
-    python benchmarks/bench_nli.py --device cpu --sizes 224 32 --images 2
+    python -m benchmarks.speed.bench_nli                      # CUDA if present, else CPU
+    python -m benchmarks.speed.bench_nli --device cpu --sizes 224 32 --images 2
 
 For each size, ``--images`` random smooth RGB images and, for each, the 9 keep-masks of one
 deletion game (10 %, ..., 90 % of the pixels removed, in the order of a blob-shaped saliency).
@@ -15,6 +15,8 @@ import argparse
 import time
 
 import torch
+
+from benchmarks.common import sync
 import torch.nn.functional as F
 
 from sas_fast.evaluate import nli_impute
@@ -35,11 +37,6 @@ def game_masks(n_images: int, size: int, generator: torch.Generator) -> tuple:
     return images.repeat_interleave(9, 0), torch.stack(keeps, 1).flatten(0, 1)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def bench(size: int, args, device: torch.device) -> dict:
     images, keep = game_masks(args.images, size, torch.Generator().manual_seed(size))
     n = keep.shape[0]
@@ -49,11 +46,11 @@ def bench(size: int, args, device: torch.device) -> dict:
     per_call = 9 * args.batch
     x, k = images.to(device), keep.to(device)
     nli_impute(x[:per_call], k[:per_call], noise=0.0, solver="torch")       # warm-up
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     out = torch.cat([nli_impute(x[i:i + per_call], k[i:i + per_call], noise=0.0, solver="torch")
                      for i in range(0, n, per_call)])
-    _sync(device)
+    sync(device)
     torch_ms = 1e3 * (time.perf_counter() - start) / n
     return {"size": size, "masks": n, "scipy_ms": scipy_ms, "torch_ms": torch_ms,
             "speedup": scipy_ms / torch_ms, "max_abs": (out.cpu() - ref).abs().max().item()}

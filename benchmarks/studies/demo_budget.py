@@ -1,7 +1,7 @@
 """How many iterations does ``sas-fast explain --demo`` need? Quality of the demo schedule cut short.
 
-    python benchmarks/demo_budget.py --photos chelsea,astronaut,coffee,rocket,camera,clock
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/demo_budget.py --timing
+    python -m benchmarks.studies.demo_budget --photos chelsea,astronaut,coffee,rocket,camera,clock
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.studies.demo_budget --timing
 
 Quality: on scikit-image's bundled photos with the bundled EfficientNet-Lite0 (224 px, top-1
 class), one run of the demo's schedule (preset ``default``) for ``--iterations`` steps keeps the
@@ -19,7 +19,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -29,8 +28,7 @@ from sas_fast.evaluate import deletion_game
 from sas_fast.models import efficientnet_lite0, preprocess_imagenet
 from sas_fast.precision import cpu_capability, resolve_precision
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagenet_fast_check import spearman  # noqa: E402
+from benchmarks.studies.imagenet_fast_check import spearman
 
 BUDGET_S = 120.0
 

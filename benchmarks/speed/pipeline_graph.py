@@ -13,15 +13,14 @@ insertion and deletion images (``ops.masked_images``) -> a fixed synthetic upstr
 - ``--profile``: a ``torch.profiler`` table of three eager iterations of the first case (by
   device time), printed after the rows;
 - launch counts of one whole iteration with a model that costs nothing
-  (``benchmarks/iteration_cost.py``).
+  (``benchmarks/speed/iteration_cost.py``).
 
-    python benchmarks/pipeline_graph.py --json out.json --profile                 # CUDA
-    python benchmarks/pipeline_graph.py --device cpu --backend cpp --quick         # CPU smoke run
+    python -m benchmarks.speed.pipeline_graph --json out.json --profile                 # CUDA
+    python -m benchmarks.speed.pipeline_graph --device cpu --backend cpp --quick         # CPU smoke run
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.speed import iteration_cost
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 
@@ -131,10 +131,7 @@ def profile_table(pipe: Pipeline, device: torch.device) -> str:
 
 
 def launch_counts(backend: str, device: torch.device, size: int, batch: int, num_masks: int) -> dict:
-    spec = importlib.util.spec_from_file_location("iteration_cost", Path(__file__).with_name("iteration_cost.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    counts = module.count_iteration(backend, size, batch, num_masks, "both", str(device))
+    counts = iteration_cost.count_iteration(backend, size, batch, num_masks, "both", str(device))
     return {k: counts[k] for k in ("torch_ops", "triton_launches", "total", "by_name")}
 
 

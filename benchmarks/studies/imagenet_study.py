@@ -1,8 +1,8 @@
 """The paper's table 2 at ImageNet resolution: SaS and the baselines on real ImageNet photos.
 
-    python benchmarks/imagenet_study.py --methods fast-imagenet,fast --n 64 --threads 1
-    python benchmarks/imagenet_study.py --methods gradient,guided_backprop,grad_cam --n 64
-    python benchmarks/imagenet_study.py --report                     # the table from the rows
+    python -m benchmarks.studies.imagenet_study --methods fast-imagenet,fast --n 64 --threads 1
+    python -m benchmarks.studies.imagenet_study --methods gradient,guided_backprop,grad_cam --n 64
+    python -m benchmarks.studies.imagenet_study --report                     # the table from the rows
 
 Photos: a labelled folder (``labels.csv`` or the ImageFolder layout, :mod:`sas_fast.dataset.sources`;
 default the 500 photos of ``shared/data/imagenet_samples``), the ImageNet evaluation crop (short side
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 import sas_fast
+from benchmarks.common import sync
+from benchmarks.paths import shared_dir
 from sas_fast import baselines
 from sas_fast.config import PRESETS, make_config
 from sas_fast.dataset.sources import open_source
@@ -39,7 +41,6 @@ from sas_fast.models.efficientnet import LITE_SIZES, efficientnet_lite, preproce
 from sas_fast.precision import cpu_capability
 from sas_fast.viz import attribution_grid, plot_game_curves
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 BASELINES = {**baselines.BASELINES, "extremal_perturbation": baselines.extremal_perturbation}
 #: model image-passes per photo of the baselines (IG: its steps; EP: its iterations, one area)
 BASELINE_PASSES = {"gradient": 1, "guided_backprop": 1, "grad_cam": 1, "integrated_gradients": 50,
@@ -113,11 +114,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> str:
@@ -196,7 +192,8 @@ def figures(args, source, model, device: torch.device) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=Path, default=SHARED / "data" / "imagenet_samples")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="labelled photo folder (default: the shared imagenet_samples, benchmarks/paths.py)")
     ap.add_argument("--methods", default="fast-imagenet,fast")
     ap.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     ap.add_argument("--n", type=int, default=64, help="photos of the split (default 64)")
@@ -221,6 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                     help="only every N-th photo of the split from the I-th (processes that share --out)")
     args = ap.parse_args(argv)
+    args.images = args.images or shared_dir() / "data" / "imagenet_samples"
     if args.batch < 1:
         ap.error(f"--batch must be an integer >= 1, got {args.batch}")
     if args.report:

@@ -1,0 +1,1 @@
+"""Speed: kernels, iterations, end to end, the GPU check."""

@@ -1,0 +1,1 @@
+"""Quality studies: the deletion game of SaS and the baselines, presets, calibration."""
