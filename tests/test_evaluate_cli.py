@@ -56,6 +56,9 @@ def test_evaluate_scores_exactly_as_one_image_is_scored_and_pairs_the_folders(da
     assert rows[1]["paired_se"] == pytest.approx((gradcam - sas).std(ddof=1) / 4)
     with open(tmp_path / "t.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["sas", "grad-cam"]
+    assert main(["gallery", str(runs / "gradcam"), "--out", str(tmp_path / "page")]) == 0   # shows the game
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert page.count("data-overall=") == 16 and 'data-overall="nan"' not in page and "<svg" in page
 
 
 def test_evaluate_resumes_and_shards(data, runs, tmp_path):
