@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 import warnings
@@ -23,52 +22,16 @@ from ..step import mask_areas, mode_names
 from .chunks import (chunk_ranges, read_json, record_file, remove_temp_files, verified_record, write_chunk,
                      write_json)
 from .errors import DatasetRunError
-from .folder import FORMAT, MANIFEST, owned_folder, read_manifest
+from .folder import FORMAT, MANIFEST, read_manifest
 from .methods import BASELINES, baseline_maps, check_method
 from .model_spec import model_input, resolve_model
 from .sources import UnreadableImage, describe, open_source
+from .workers import Workers, claim, start_workers
 
 TARGETS = ("auto", "labels", "predicted")
 #: attribute() arguments the dataset run sets itself.
 RESERVED_OPTIONS = ("return_trace", "progress", "trace_iterations", "target", "additional_forward_args",
                     "max_seconds")
-
-
-@dataclass(frozen=True)
-class Workers:
-    """This process's place in the run: rank, world size, device, and whether it created the
-    process group (and so destroys it at the end)."""
-
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool
-
-    def reduce(self, values: list, op: str = "sum") -> list:
-        """``values`` summed (``op="max"``: their maximum) over all processes."""
-        if self.world == 1:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-        return tensor.tolist()
-
-
-def start_workers() -> Workers:
-    """Join the process group when launched by torchrun with ``WORLD_SIZE > 1`` (gloo on CPU,
-    nccl on GPU); each process uses GPU ``LOCAL_RANK`` when CUDA is available."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    owns_group = False
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    elif world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns_group = True
-    return Workers(rank, world, device, owns_group)
 
 
 def _check_arguments(batch_size, iterations, precision, targets, chunk_size, max_chunks, sas_options):
@@ -104,22 +67,6 @@ def _prepare_out_dir(out_dir) -> Path:
     except OSError as err:
         raise DatasetRunError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from err
     return out
-
-
-@contextlib.contextmanager
-def claim(out: Path, workers: Workers):
-    """Rank 0 holds ``out`` (:func:`~sas_fast.dataset.folder.owned_folder`) for the run; when it
-    cannot, every process stops with its reason."""
-    with contextlib.ExitStack() as held:
-        refused = None
-        if workers.rank == 0:
-            try:
-                held.enter_context(owned_folder(out))
-            except DatasetRunError as err:
-                refused = err
-        if workers.reduce([float(refused is not None)], op="max")[0]:
-            raise refused or DatasetRunError(f"{out}: rank 0 could not take the output folder")
-        yield
 
 
 def _open_manifest(out: Path, config: dict, workers: Workers) -> None:

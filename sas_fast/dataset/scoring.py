@@ -25,8 +25,8 @@ from .chunks import atomic_write, chunk_file, chunk_ranges, read_chunk
 from .errors import DatasetRunError
 from .folder import read_manifest
 from .model_spec import model_input, resolve_model
-from .run import claim, start_workers
 from .sources import open_source
+from .workers import claim, start_workers
 
 GAME = "game.npz"
 RATIOS = np.linspace(0, 1, 11)
