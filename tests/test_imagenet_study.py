@@ -63,6 +63,15 @@ def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch
     assert all((tmp_path / "figures" / f"imagenet_{name.replace('.', '_lite0.')}").stat().st_size > 10_000
                for name in ("curves.png", "compare_grid.jpg"))
     assert (maps / "gradient" / f"{indices[0]:04d}.npy").exists()
+    # the table as result rows (benchmarks/rows.py), the reference's row without a difference
+    import benchmarks.rows
+    monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "result_rows")
+    assert study.main(args + ["--report", "--rows"]) == 0
+    written = _rows(tmp_path / "result_rows" / "imagenet.jsonl")
+    assert [r["metric"] for r in written] == ["Overall, fast", "Overall, gradient"] or \
+        [r["metric"] for r in written] == ["Overall, gradient", "Overall, fast"]
+    assert all(r["setting"] == "EfficientNet-Lite0, N = 3" and r["commit"] for r in written)
+    assert "Δ vs gradient" in next(r for r in written if r["metric"] == "Overall, fast")["value"]
     for bad in (["--batch", "0"], ["--shard", "2/2"], ["--shard", "x"]):
         with pytest.raises(SystemExit):
             study.main(args + bad)

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.paths import shared_dir
+from benchmarks.rows import append as append_rows
 
 #: masked-image bytes per model call under the former rule
 OLD_CHUNK_BYTES = 4 << 20
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)   # a child: print the row as JSON
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--rows", action="store_true", help="also append the medians to the results rows "
+                    "(benchmarks/rows.py)")
     args = ap.parse_args(argv)
     args.shared = shared_dir(args.shared)
     if args.one:
@@ -110,7 +113,22 @@ def main(argv=None) -> int:
                   + f" (median {statistics.median(speed):.2f}x)")
         print(f"CPU capability {rows[0]['cpu_capability']}, model precision {rows[0]['precision']} "
               f"({args.precision})")
+        if args.rows:
+            append_rows("speed", [result_row(args, old, new)])
     return 0
+
+
+def result_row(args, old: list, new: list) -> dict:
+    """The A/B as a row of ``benchmarks/results/rows/speed.jsonl`` (``benchmarks/rows.py``): medians."""
+    median = lambda runs, f: statistics.median(f(r) for r in runs)  # noqa: E731
+    wall_old, wall_new = median(old, lambda r: r["wall_s"]), median(new, lambda r: r["wall_s"])
+    sys_share = lambda r: 100 * r["sys_s"] / (r["user_s"] + r["sys_s"])  # noqa: E731
+    return {"setting": f"ResNet8, {args.images} CIFAR-10 images, {args.iterations} iterations, "
+                       f"{new[0]['precision']}, one thread",
+            "metric": "micro-batches by measured activations against 4 MiB per call",
+            "value": f"{wall_new:.2f} s ({new[0]['max_batch']} images per call) against {wall_old:.2f} s "
+                     f"({old[0]['max_batch']}): {wall_old / wall_new:.2f}x; system time "
+                     f"{median(new, sys_share):.1f} % against {median(old, sys_share):.1f} % of CPU time"}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from sas_fast import ops
+from benchmarks.rows import append as append_rows
 from sas_fast.config import SaSConfig
 from sas_fast.iteration import IterationRunner
 from sas_fast.step import Objective
@@ -222,6 +223,21 @@ def peak_memory(*args, **kwargs) -> dict:
     return {"peak_bytes": _resident("VmHWM") - before, "how": "VmHWM - VmRSS"}
 
 
+def result_row(counts: dict, size: int, batch: int) -> dict:
+    """Launch shapes as a row of ``benchmarks/results/rows/cuda.jsonl`` (``benchmarks/rows.py``)."""
+    shapes = counts["launch_shapes"]
+    wide = [s["programs"] for s in shapes.values() if s["warps"] == 4]
+    narrow = {n: s for n, s in shapes.items() if s["warps"] > 4}
+    missed = counts["under_filled_h200"]
+    return {"setting": f"one iteration outside the model, {size} px, B = {batch}, CUDA block sizes",
+            "metric": "launches, programs, launches under-filling an H200",
+            "value": f"{counts['triton_launches']} launches, {counts['triton_programs']:,} programs; kernels of "
+                     f"4 warps >= {min(wide):,} programs"
+                     + "".join(f", {n.strip('_')} {s['programs']:,} programs x {s['warps']} warps"
+                               for n, s in sorted(narrow.items()))
+                     + (f"; under-filled: {', '.join(missed)}" if missed else "; none under-filled")}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="cpp")
@@ -233,6 +249,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--memory", action="store_true", help="peak memory instead of launch counts")
     parser.add_argument("--cuda-blocks", action="store_true",
                         help="Triton launches take the CUDA block sizes on any device (interpreter)")
+    parser.add_argument("--rows", action="store_true",
+                        help="with --cuda-blocks: also append the launch shapes to the results rows (benchmarks/rows.py)")
     args = parser.parse_args(argv)
     measure = peak_memory if args.memory else count_iteration
     blocks = nullcontext()
@@ -243,6 +261,8 @@ def main(argv=None) -> dict:
         result = measure(args.backend, args.size, args.batch, args.num_masks, args.mode, args.device)
     if args.cuda_blocks and not args.memory:
         result["under_filled_h200"] = under_filled(result, args.size * args.size)
+        if args.rows:
+            append_rows("cuda", [result_row(result, args.size, args.batch)])
     print(json.dumps(result, indent=1, sort_keys=True))
     return result
 

@@ -38,6 +38,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction, mangle_type  # noqa: E402
 
+from benchmarks.rows import append as append_rows
 from sas_fast.ops import reference as R  # noqa: E402
 from sas_fast.ops import triton as T  # noqa: E402
 from sas_fast.ops.triton.launch import cuda_block_sizes  # noqa: E402
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default=",".join(DTYPES),
                         help=f"input dtypes, comma-separated, of {', '.join(DTYPES)} (default: all)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument("--rows", action="store_true", help="also append a summary to the results rows "
+                        "(benchmarks/rows.py)")
     args = parser.parse_args(argv)
     targets = [int(cc) for cc in args.targets.split(",")]
     dtypes = args.dtypes.split(",")
@@ -167,8 +170,22 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.rows:
+        append_rows("cuda", [result_row(report)])
     print(text)
     return 0
+
+
+def result_row(report: dict) -> dict:
+    """The compile report as a row of ``benchmarks/results/rows/cuda.jsonl`` (``benchmarks/rows.py``)."""
+    kernels = report["kernels"]
+    targets = "/".join(t.removeprefix("sm_") for t in report["targets"])
+    return {"setting": f"every Triton kernel through its launch wrapper, sm_{targets} x {'/'.join(report['dtypes'])}",
+            "metric": "ahead-of-time compiles",
+            "value": f"{len(kernels)} compiles, {len(report['failures'])} failures, "
+                     f"{sum(k['local_bytes'] for k in kernels)} bytes of spills, at most "
+                     f"{max(k['registers'] for k in kernels)} registers and "
+                     f"{max(k['shared_bytes'] + k['static_shared_bytes'] for k in kernels):,} B shared memory"}
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from benchmarks.studies.reproduce_table2 import BASELINES
 BASELINE_PASSES = {"Gradient": 1, "Guided BP": 1, "IG": 50, "GradCAM": 1}
 
 
-#: the candidates of the study, fixed before any result came in (benchmarks/RESULTS.md)
+#: the candidates of the study, fixed before any result came in (benchmarks/studies/rules.md)
 FAMILIES = {
     "cut": {},                                                  # the default schedule, cut short
     "cosine": {"lr": 0.1, "lr_decay": "cosine"},                # larger lr, cosine decay

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import sas_fast
+from benchmarks.rows import append as append_rows
 from benchmarks.common import sync
 from benchmarks.paths import shared_dir
 from sas_fast import baselines
@@ -147,6 +148,24 @@ def report(out: Path, split: str, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_rows(out: Path, split: str, reference: str, model: str) -> list:
+    """Rows for ``benchmarks/results/rows/imagenet.jsonl`` (``benchmarks/rows.py``): every method's
+    Overall ± se, its cost, and its paired difference against ``reference``, on the shared photos."""
+    methods = {p.stem[len(split) + 1:]: read_rows(p) for p in sorted(out.glob(f"{split}_*.jsonl"))}
+    methods = {m: rows for m, rows in methods.items() if rows and not m.startswith("cut@")}
+    common = sorted(set.intersection(*(set(rows) for rows in methods.values())))
+    out_rows = []
+    for m, rows in sorted(methods.items(), key=lambda kv: -np.mean([kv[1][i]["overall"] for i in common])):
+        o = np.array([rows[i]["overall"] for i in common])
+        passes = rows[common[0]]["passes"]
+        value = (f"{o.mean():.3f} ± {o.std(ddof=1) / np.sqrt(o.size):.3f} ({passes:,} pass"
+                 f"{'es' if passes != 1 else ''}, {np.mean([rows[i]['seconds'] for i in common]):.1f} s per photo)")
+        if m != reference and reference in methods:
+            value += "; Δ vs " + reference + " " + paired(o, np.array([methods[reference][i]["overall"] for i in common]))
+        out_rows.append({"setting": f"{model}, N = {len(common)}", "metric": f"Overall, {m}", "value": value})
+    return out_rows
+
+
 def figures(args, source, model, device: torch.device) -> None:
     """Figure 4 (mean insertion / deletion curves of each method on the photos all share) and a
     compare grid of the first ``args.grid`` of those photos, from the rows in ``args.out``; a map
@@ -202,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/imagenet"))
     ap.add_argument("--maps", type=Path, default=Path("out/imagenet_maps"))
     ap.add_argument("--report", action="store_true", help="only print the table of --out's rows")
+    ap.add_argument("--rows", action="store_true", help="with --report: also append the table to the results "
+                    "rows (benchmarks/rows.py; then python -m benchmarks.render_results)")
     ap.add_argument("--reference", default="fast-imagenet")
     ap.add_argument("--lite", type=int, choices=sorted(LITE_SIZES), default=0,
                     help="EfficientNet-Lite variant (default 0; input size %s)" % LITE_SIZES)
@@ -223,6 +244,8 @@ def main(argv=None) -> int:
         ap.error(f"--batch must be an integer >= 1, got {args.batch}")
     if args.report:
         print(report(args.out, args.split, args.reference))
+        if args.rows:
+            append_rows("imagenet", result_rows(args.out, args.split, args.reference, f"EfficientNet-Lite{args.lite}"))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

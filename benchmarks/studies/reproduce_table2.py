@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 import sas_fast
+from benchmarks.rows import append as append_rows
 from benchmarks.paths import shared_dir
 from sas_fast import baselines
 from sas_fast.config import make_config, parse_option
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--rows", action="store_true", help="also append the table to the results rows "
+                    "(benchmarks/rows.py; then python -m benchmarks.render_results)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the table and curves from the .json of an earlier run (no model runs)")
     ap.add_argument("--sas", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
@@ -155,7 +158,22 @@ def main(argv=None) -> int:
                         for k, r in results.items()}}, indent=1))
     if traces:
         plot_score_profiles(traces[0], args.out / f"profiles_{tag}.png", title=f"SaS score profiles, {tag}")
+    if args.rows:
+        append_rows("table2", result_rows(args.dataset, args.arch, len(images), results))
     return render(args.out, tag)
+
+
+SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", "vgg16": "VGG16"}
+
+
+def result_rows(dataset: str, arch: str, n: int, results: dict) -> list:
+    """The rows of ``benchmarks/results/rows/table2.jsonl`` (``benchmarks/rows.py``): Overall ± se of
+    every method, the paper's value in brackets where it gave one."""
+    paper = PAPER[(dataset, arch)]
+    return [{"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {n}", "metric": f"Overall, {name}",
+             "value": f"{r.overall:.3f} ± {r.overall_se:.3f}"
+                      + (f" ({paper[name][2]:.3f})" if name in paper else "")}
+            for name, r in results.items()]
 
 
 def load_results(path: Path) -> tuple[dict, dict]:
