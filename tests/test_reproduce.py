@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import benchmarks.rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SAS_SHARED", ROOT / ".." / "shared"))
 pytestmark = pytest.mark.skipif(not (SHARED / "models" / "resnet8_cifar10.pt").exists(),
@@ -20,7 +22,7 @@ def _script(name):
     return importlib.import_module(f"benchmarks.studies.{name}")
 
 
-def test_reproduce_table2_smoke(tmp_path):
+def test_reproduce_table2_smoke(tmp_path, monkeypatch):
     main = _script("reproduce_table2").main
     assert main(["--dataset", "mnist", "--arch", "resnet8", "--n", "4", "--iterations", "2",
                  "--batch", "4", "--shared", str(SHARED), "--out", str(tmp_path)]) == 0
@@ -40,7 +42,11 @@ def test_reproduce_table2_smoke(tmp_path):
     common = ["--dataset", "mnist", "--arch", "resnet8", "--iterations", "1", "--batch", "4",
               "--shared", str(SHARED), "--out", str(tmp_path)]
     assert "window 5" in data["header"]
-    assert main(common + ["--n", "4", "--methods", "SaS", "--sas", "window=3", "--update"]) == 0  # rest kept
+    monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "rows")
+    assert main(common + ["--n", "4", "--methods", "SaS", "--sas", "window=3", "--update", "--rows"]) == 0  # rest kept
+    written = [json.loads(line) for line in (tmp_path / "rows" / "table2.jsonl").read_text().splitlines()]
+    assert [r["metric"] for r in written] == [f"Overall, {m}" for m in data["results"]]
+    assert written[0]["setting"] == "MNIST / ResNet8, N = 4" and written[0]["value"].endswith("(0.463)")
     updated = json.loads((tmp_path / "table2_mnist_resnet8.json").read_text())
     assert list(updated["results"]) == list(data["results"])
     assert "1 iterations" in updated["header"] and "window 3" in updated["header"]
@@ -90,12 +96,15 @@ def test_gpu_table2_script_stages_and_runs_on_cpu(tmp_path):
     assert "| SaS |" in (tmp_path / "out" / "table2.md").read_text()
 
 
-def test_fast_sas_study_smoke(tmp_path):
+def test_fast_sas_study_smoke(tmp_path, monkeypatch):
     """Two methods at 36 passes on 2 evaluation images, then the frontier from the saved run."""
     study = _script("fast_sas_study")
     args = ["--dataset", "mnist", "--arch", "resnet8", "--split", "evaluation", "--n", "2",
             "--shared", str(SHARED), "--out", str(tmp_path)]
-    assert study.main(args + ["--methods", "cut@36,sample3-cosine@36", "--reference", "cut@36"]) == 0
+    monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "rows")
+    assert study.main(args + ["--methods", "cut@36,sample3-cosine@36", "--reference", "cut@36", "--rows"]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()]
+    assert row["metric"] == "sample3-cosine@36 (36 passes) − cut@36, Overall, paired" and "(" in row["value"]
     data = json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())
     assert all(i % 10 != 1 for i in data["indices"])              # never a calibration image
     assert {k: r["passes"] for k, r in data["results"].items()} == {"cut@36": 36, "sample3-cosine@36": 36}

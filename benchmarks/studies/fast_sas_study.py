@@ -30,6 +30,7 @@ import torch
 
 import sas_fast
 from benchmarks.paths import shared_dir
+from benchmarks.rows import append as append_rows
 from sas_fast.config import make_config
 from sas_fast.evaluate import GameResult, deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
@@ -141,6 +142,26 @@ def markdown(data: dict, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the presets the study chose, by their study names
+PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-cosine@450": "fastest"}
+SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", "vgg16": "VGG16"}
+
+
+def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) -> list:
+    """Rows of ``benchmarks/results/rows/presets.jsonl`` (``benchmarks/rows.py``): each of ``methods``
+    paired against ``reference`` on the images both scored."""
+    results, out = data["results"], []
+    for name in methods:
+        if name == reference or name not in results or reference not in results:
+            continue
+        r = results[name]
+        label = f"{PRESET_NAMES[name]} = {name}" if name in PRESET_NAMES else name
+        out.append({"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {len(r['overall'])}",
+                    "metric": f"{label} ({r['passes']:,} passes) − {reference}, Overall, paired",
+                    "value": paired(r["overall"], results[reference]["overall"])})
+    return out
+
+
 def frontier(out: Path, figure: Path, families: str) -> str:
     """The frontier table (markdown) and figure from every ``fast_evaluation_*.json`` in ``out``:
     Overall against passes for the default cut short, for each SaS family in ``families``
@@ -191,6 +212,8 @@ def main(argv=None) -> int:
                     help="add M evaluation images, stratified among those not yet in --out's file, to "
                          "every method already there (then --methods is ignored)")
     ap.add_argument("--methods", default="default,sample3@1800")
+    ap.add_argument("--rows", action="store_true", help="also append the paired differences of --methods to "
+                    "the results rows (benchmarks/rows.py)")
     ap.add_argument("--reference", default=None, help="method the paired Δ is taken against "
                     "(default: 'default' if run, else cut@1800)")
     ap.add_argument("--batch", type=int, default=16, help="images per attribute call")
@@ -259,6 +282,8 @@ def main(argv=None) -> int:
     reference = args.reference or ("default" if "default" in data["results"] else "cut@1800")
     table = markdown(data, reference)
     path.with_suffix(".md").write_text(table)
+    if args.rows:
+        append_rows("presets", result_rows(data, reference, args.dataset, args.arch, names))
     print(table)
     return 0
 
