@@ -28,6 +28,7 @@ import time
 import torch
 
 from benchmarks.common import sync
+from benchmarks.rows import append as append_rows
 from torch import nn
 
 from sas_fast import ops
@@ -172,6 +173,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="CPU smoke run: B = 1, K = 4, VGG16 at 64 px, 1 warm-up, 1 iteration")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--rows", action="store_true", help="also append the rows to the results rows "
+                        "(benchmarks/rows.py)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.quick:
@@ -195,6 +198,17 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"device": name, "cpu_capability": capability, "threads": torch.get_num_threads(),
                        "rows": rows}, f, indent=1)
+    if args.rows:
+        append_rows("speed", [result_row(r, args.num_masks) for r in rows])
+
+
+def result_row(r: dict, num_masks: int) -> dict:
+    """One measurement as a row of ``benchmarks/results/rows/speed.jsonl`` (``benchmarks/rows.py``)."""
+    step = r["graph"] if r["graph"] is not None else r["fused"]
+    return {"setting": f"{r['model']}, {r['px']} px, B = {r['B']}, {r['precision']}, K = {num_masks}",
+            "metric": "one SaS step: the CNN's work alone / the whole step with the fused ops"
+                      + (" from a CUDA graph" if r["graph"] is not None else f" ({r['fused_backend']})"),
+            "value": f"{r['cnn']:.1f} / {step:.1f} ms (x {step / r['cnn']:.2f})"}
 
 
 if __name__ == "__main__":
