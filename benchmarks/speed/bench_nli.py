@@ -17,6 +17,7 @@ import time
 import torch
 
 from benchmarks.common import sync
+from benchmarks.rows import append as append_rows
 import torch.nn.functional as F
 
 from sas_fast.evaluate import nli_impute
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2, help="images per size (9 masks each)")
     ap.add_argument("--batch", type=int, default=2, help="images per torch call")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", action="store_true", help="also append the table to the results rows (benchmarks/rows.py)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -69,10 +71,19 @@ def main(argv=None) -> int:
           f"{cpu_capability()}), scipy on the CPU")
     print("| size | masks | scipy ms / mask | torch ms / mask | speed-up | max abs diff |")
     print("| --- | --- | --- | --- | --- | --- |")
+    result_rows = []
     for size in args.sizes:
         r = bench(size, args, device)
         print(f"| {r['size']} | {r['masks']} | {r['scipy_ms']:.1f} | {r['torch_ms']:.2f} | "
               f"{r['speedup']:.1f}x | {r['max_abs']:.1e} |", flush=True)
+        result_rows.append({"setting": f"Noisy Linear Imputation per mask, torch solver on "
+                                       f"{'the CPU' if device.type == 'cpu' else name}, {torch.get_num_threads()} CPU thread"
+                                       f"{'s' if torch.get_num_threads() != 1 else ''}",
+                            "metric": f"{size} px: scipy / torch",
+                            "value": f"{r['scipy_ms']:.1f} ms / {r['torch_ms']:.2f} ms ({r['speedup']:.1f}x), "
+                                     f"max abs difference {r['max_abs']:.1e}"})
+    if args.rows:
+        append_rows("speed", result_rows)
     return 0
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.paths import shared_dir
+from benchmarks.rows import append as append_rows
+from benchmarks.studies.reproduce_table2 import SETTING_NAMES
 from sas_fast import ops
 from sas_fast.config import SaSConfig
 from sas_fast.iteration import IterationRunner
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--threshold-tol", type=float, default=SaSConfig.threshold_tol)
     ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
+    ap.add_argument("--rows", action="store_true", help="also append the table to the results rows (benchmarks/rows.py)")
     args = ap.parse_args(argv)
     args.shared = shared_dir(args.shared)
     config = SaSConfig(threshold_tol=args.threshold_tol)
@@ -69,11 +72,19 @@ def main(argv=None) -> int:
     }
     print(f"| pair | {' | '.join(f'{i} it' for i in args.checkpoints)} |")
     print(f"| --- |{' --- |' * len(args.checkpoints)}")
+    result_rows = []
     for name, (a, b) in pairs.items():
         runs = [run(model, image, label, p, backend, dtype, config, args.checkpoints)
                 for backend, p, dtype in (a, b)]
-        diffs = " | ".join(f"{(runs[0][i] - runs[1][i]).abs().max().item():.1e}" for i in args.checkpoints)
-        print(f"| {name} | {diffs} |", flush=True)
+        diffs = [f"{(runs[0][i] - runs[1][i]).abs().max().item():.1e}" for i in args.checkpoints]
+        print(f"| {name} | {' | '.join(diffs)} |", flush=True)
+        result_rows.append({"setting": f"one {SETTING_NAMES[args.dataset]} image, trained "
+                                       f"{SETTING_NAMES[args.arch]}, default SaS",
+                            "metric": "max abs saliency difference after "
+                                      f"{' / '.join(map(str, args.checkpoints))} iterations: {name}",
+                            "value": " / ".join(diffs)})
+    if args.rows:
+        append_rows("agreement", result_rows)
     return 0
 
 
