@@ -58,11 +58,15 @@ def test_reproduce_table2_smoke(tmp_path, monkeypatch):
         main(common + ["--n", "4", "--methods", "SaS,LIME"])
 
 
-def test_calibration_smoke(tmp_path):
+def test_calibration_smoke(tmp_path, monkeypatch):
     main = _script("calibrate_sas").main
     out = tmp_path / "cal.md"
+    monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "rows")
     assert main(["--dataset", "cifar10", "--n", "2", "--iterations", "2", "--grid", "lr=0.1",
-                 "--combo", "window=5,max_blur=2.0", "--shared", str(SHARED), "--out", str(out)]) == 0
+                 "--combo", "window=5,max_blur=2.0", "--shared", str(SHARED), "--out", str(out), "--rows"]) == 0
+    written = [json.loads(line) for line in (tmp_path / "rows" / "calibration.jsonl").read_text().splitlines()]
+    assert [r["metric"] for r in written] == ["lr = 0.1 − the defaults, Overall, paired",
+                                              "window = 5, max_blur = 2.0 − the defaults, Overall, paired"]
     rows = out.read_text().splitlines()
     assert rows[-3].startswith("| defaults |") and rows[-2].startswith("| lr = 0.1 |")
     assert rows[-1].startswith("| window = 5, max_blur = 2.0 |")

@@ -20,6 +20,8 @@ import torch
 
 import sas_fast
 from benchmarks.paths import shared_dir
+from benchmarks.rows import append as append_rows
+from benchmarks.studies.reproduce_table2 import SETTING_NAMES
 from sas_fast.config import parse_value
 from sas_fast.evaluate import deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shared", type=Path, default=None, help="folder with data/ and models/ (benchmarks/paths.py)")
     ap.add_argument("--out", type=Path, default=Path("results/calibration.md"))
+    ap.add_argument("--rows", action="store_true", help="also append the paired differences to the results rows "
+                    "(benchmarks/rows.py)")
     args = ap.parse_args(argv)
     args.shared = shared_dir(args.shared)
 
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
             f"{args.iterations} iterations, SaS model precision {args.precision}, device {device.type}", "",
             "| setting | Ins | Del | Overall ± se | paired Δ vs defaults ± se | s/image |",
             "| --- | --- | --- | --- | --- | --- |"]
-    defaults = None
+    defaults, result_rows = None, []
     for label, options in [("defaults", {})] + parse_settings(args.grid, args.combo):
         start = time.perf_counter()
         sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=False,
@@ -83,11 +87,16 @@ def main(argv=None) -> int:
         else:
             mean, se = res.paired_gap(defaults)
             delta = f"{mean:+.3f} ± {se:.3f}"
+            result_rows.append({"setting": f"{SETTING_NAMES[args.dataset]} / {SETTING_NAMES[args.arch]}, "
+                                           f"{len(images)} calibration images",
+                                "metric": f"{label} − the defaults, Overall, paired", "value": delta})
         rows.append(f"| {label} | {res.ins:.3f} | {res.dele:.3f} | {res.overall:.3f} ± {res.overall_se:.3f} "
                     f"| {delta} | {seconds:.2f} |")
         print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(rows) + "\n")
+    if args.rows:
+        append_rows("calibration", result_rows)
     return 0
 
 
