@@ -41,6 +41,9 @@ TOPICS = [
      "runs in float64 (where they agree to 1e-9) and on single ops in float32."),
     ("calibration", "Calibration of the defaults",
      "Chosen on calibration images only (test index = 1 mod 10), by the rules in `benchmarks/studies/rules.md`."),
+    ("ops", "Op benchmarks",
+     "pytest-benchmark of each op, forward + backward, every backend in the same run "
+     "(`BENCH_ROWS=... BENCH_RESULT_ROWS=1 pytest -p benchmarks.speed.bench_rows benchmarks/speed/test_ops_bench.py`)."),
     ("cuda", "CUDA kernels without a GPU",
      "No GPU has run this code yet: there are no GPU timings. What is known without one: ahead-of-time "
      "compiles for every target and the launch shapes counted under the interpreter at the CUDA block sizes."),

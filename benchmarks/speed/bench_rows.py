@@ -4,12 +4,15 @@ measured before the cut (``--benchmark-json`` writes only at the end).
 
 One line per benchmark: ``op`` (the test's name without ``test_``), ``params`` (the test's
 parameters; tuples as ``B{batch}-{size}px`` when they are a ``(batch, size, window)`` case),
-``median_ms``, ``min_ms``, ``rounds`` and ``extra_info``.
+``median_ms``, ``min_ms``, ``rounds`` and ``extra_info``. With ``$BENCH_RESULT_ROWS=1`` each is
+also appended to the results rows (``benchmarks/rows.py``, topic ``ops``).
 """
 import json
 import os
 
 import pytest
+
+from benchmarks.rows import append as append_rows
 
 
 def _param(value):
@@ -31,3 +34,9 @@ def pytest_runtest_makereport(item, call):
            "extra_info": bench.extra_info}
     with open(os.environ["BENCH_ROWS"], "a") as rows:
         rows.write(json.dumps(row, default=str) + "\n")
+    if os.environ.get("BENCH_RESULT_ROWS") == "1":
+        params = dict(row["params"])
+        backend = params.pop("backend", "?")
+        append_rows("ops", [{"setting": f"{row['op']}, " + ", ".join(f"{k} {v}" for k, v in sorted(params.items())),
+                             "metric": f"{backend}: min / median ms",
+                             "value": f"{row['min_ms']:.3f} / {row['median_ms']:.3f}"}])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.rows import append as append_rows
 from benchmarks.speed import iteration_cost
 from sas_fast import ops
 from sas_fast.config import SaSConfig
@@ -146,6 +147,8 @@ def main(argv=None) -> list:
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run: one 16 px case, 2 iterations")
     parser.add_argument("--json")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler kernel table")
+    parser.add_argument("--rows", action="store_true", help="also append the timings to the results rows "
+                        "(benchmarks/rows.py)")
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.num_masks, args.iters, args.repeats = ["16x2"], 6, 2, 1
@@ -174,7 +177,18 @@ def main(argv=None) -> list:
         print(f"torch.profiler, 3 eager iterations of {args.cases[0]}:\n{table}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.rows:
+        append_rows("cuda" if device.type == "cuda" else "speed", [result_row(r) for r in rows])
     return rows
+
+
+def result_row(r: dict) -> dict:
+    """One case as a row of ``benchmarks/results/rows/`` (``benchmarks/rows.py``)."""
+    timing = f"{r['graph_ms']:.3f} ms (CUDA graph)" if "graph_ms" in r else f"{r['eager_ms']:.1f} ms (eager)"
+    return {"setting": f"mask pipeline alone, {r['size']} px, B = {r['batch']}, K = {r['masks']}, {r['backend']} "
+                       f"on {r['device']}",
+            "metric": "time per iteration; threshold solve steps cold / warm",
+            "value": f"{timing}; {r['solve_iterations_cold']} / {r['solve_iterations_warm']}"}
 
 
 if __name__ == "__main__":
