@@ -46,12 +46,15 @@ def commit() -> str:
 
 
 def _command() -> str:
-    """This process's command line, a script of the package written as ``python -m``."""
+    """This process's command line, a script of this package or a ``__main__`` written as ``python -m``."""
     script = Path(sys.argv[0]).resolve()
     args = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        module = ".".join(script.relative_to(Path(__file__).resolve().parents[1]).with_suffix("").parts)
-    except ValueError:
+    package = Path(__file__).resolve().parent
+    if script.is_relative_to(package):
+        module = ".".join(script.relative_to(package.parent).with_suffix("").parts)
+    elif script.name == "__main__.py":
+        module = script.parent.name
+    else:
         return f"python {script.name} {args}".strip()
     return f"python -m {module} {args}".strip()
 
