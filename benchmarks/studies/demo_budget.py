@@ -28,6 +28,7 @@ from sas_fast.evaluate import deletion_game
 from sas_fast.models import efficientnet_lite0, preprocess_imagenet
 from sas_fast.precision import cpu_capability, resolve_precision
 
+from benchmarks.rows import append as append_rows
 from benchmarks.studies.imagenet_fast_check import spearman
 
 BUDGET_S = 120.0
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timing", action="store_true", help="only time the demo's iterations")
     ap.add_argument("--timed", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_budget.json"))
+    ap.add_argument("--rows", action="store_true", help="also append the cuts' paired differences to the "
+                    "results rows (benchmarks/rows.py)")
     args = ap.parse_args(argv)
     model = efficientnet_lite0()
     if args.timing:
@@ -107,7 +110,21 @@ def main(argv=None) -> int:
         return 0
     rows = quality(model, args.photos.split(","), args.iterations, [int(c) for c in args.cuts.split(",")], args.out)
     print(table(rows, args.iterations))
+    if args.rows:
+        append_rows("calibration", result_rows(rows, args.iterations))
     return 0
+
+
+def result_rows(rows: dict, iterations: int) -> list:
+    """Each cut's paired difference against the final map, as rows of ``benchmarks/results/rows/``."""
+    out = []
+    for n in sorted({int(n) for r in rows.values() for n in r} - {iterations}):
+        delta = [r[str(n)]["overall"] - r[str(iterations)]["overall"] for r in rows.values()]
+        se = statistics.stdev(delta) / len(delta) ** 0.5 if len(delta) > 1 else float("nan")
+        out.append({"setting": f"the demo schedule on {len(rows)} bundled photos, EfficientNet-Lite0",
+                    "metric": f"{n} iterations − {iterations}, Overall, paired",
+                    "value": f"{statistics.mean(delta):+.3f} ± {se:.3f} ({sum(d > 0 for d in delta)}/{len(delta)})"})
+    return out
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import sas_fast
+from benchmarks.rows import append as append_rows
 from sas_fast.config import make_config
 from sas_fast.evaluate import deletion_game
 from sas_fast.models import efficientnet_lite0, preprocess_imagenet
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--cut", type=int, default=200, help="iteration of the 800 whose map is also scored")
     ap.add_argument("--out", type=Path, default=Path("results/imagenet_fast.json"))
+    ap.add_argument("--rows", action="store_true", help="also append each photo's scores to the results rows "
+                    "(benchmarks/rows.py)")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
@@ -102,6 +105,12 @@ def main(argv=None) -> int:
             print(f"{name} {key:48s} passes {r['passes']:6d} Overall {r['overall']:.3f} rank corr. with "
                   f"800 it. {r.get('spearman_vs_800', float('nan')):.3f}, with fast-imagenet "
                   f"{r.get('spearman_vs_fast_imagenet', float('nan')):.3f}", flush=True)
+        if args.rows:
+            append_rows("imagenet", [{"setting": f"bundled photo {name}, EfficientNet-Lite0, top-1 class",
+                                      "metric": f"Overall, {key}",
+                                      "value": f"{r['overall']:.3f} ({r['passes']:,} passes); rank correlation "
+                                               f"with the 800-iteration map {r.get('spearman_vs_800', float('nan')):.2f}"}
+                                     for key, r in row.items()])
     return 0
 
 
