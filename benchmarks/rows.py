@@ -9,7 +9,9 @@ and the provenance :func:`append` adds: ``machine``, ``torch``, ``triton``, ``co
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -19,10 +21,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "rows"
 
 
+@functools.cache
 def machine() -> str:
     """The GPU's name, else the CPU's capability (``sas_fast.precision.cpu_capability``) and core count."""
-    import os
-
     import torch
 
     if torch.cuda.is_available():
@@ -32,6 +33,7 @@ def machine() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {cpu_capability()}, {os.cpu_count()} cores"
 
 
+@functools.cache
 def commit() -> str:
     """The checkout's commit (``+`` when it has uncommitted changes), or ``unknown``."""
     root = Path(__file__).resolve().parents[1]

@@ -62,11 +62,9 @@ def test_evaluate_scores_exactly_as_one_image_is_scored_and_pairs_the_folders(da
 
 
 def test_evaluate_resumes_and_shards(data, runs, tmp_path):
-    whole = np.load(runs / "sas" / "game.npz") if (runs / "sas" / "game.npz").exists() else None
-    if whole is None:
-        evaluate_runs([runs / "sas"], progress=False)
-        whole = np.load(runs / "sas" / "game.npz")
-    whole = {k: whole[k] for k in whole.files}
+    evaluate_runs([runs / "sas"], progress=False)                 # scores it, or finds it scored
+    with np.load(runs / "sas" / "game.npz") as game:
+        whole = {k: game[k] for k in game.files}
     kept = (runs / "sas" / "game_000000.npz").stat().st_mtime_ns
     (runs / "sas" / "game_000002.npz").unlink()
     (runs / "sas" / "game.npz").unlink()

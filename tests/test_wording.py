@@ -8,12 +8,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = {
-    "a numbered work session": r"\bsession ?[0-9]",
-    "an issue number": r"\bissue #[0-9]",
-    "a git worktree": r"\bworktree",
-    "a loaned device": r"\bdevice (loan|call)|\b(was|were|is|are) lent\b",
-    "a development machine's path": r"(?<![\w.])/(work|home)/",
-    "a day of work": r"\b(today|yesterday|tonight)\b|\bthis (morning|afternoon|evening)\b",
+    "a numbered work session": r"\bsessio[n] ?[0-9]",     # [n], [e], ...: this file does not match itself
+    "an issue number": r"\bissu[e] #[0-9]",
+    "a git work tree": r"\bwork[t]ree",
+    "a loaned device": r"\bdevice (loa[n]|cal[l])|\b(was|were|is|are) len[t]\b",
+    "a development machine's path": r"(?<![\w.])/(wor[k]|hom[e])/",
+    "a day of work": r"\b(toda[y]|yesterda[y]|tonigh[t])\b|\bthis (mornin[g]|afternoo[n]|evenin[g])\b",
 }
 TEXT = (".py", ".md", ".sh", ".txt", ".toml", ".cpp", ".h", ".cfg", ".yml", ".yaml", ".json", "")
 
@@ -24,7 +24,7 @@ def _tracked() -> list:
                                check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    return [ROOT / n for n in names if Path(n).suffix in TEXT and n != "tests/test_wording.py"]
+    return [ROOT / n for n in names if Path(n).suffix in TEXT]
 
 
 @pytest.mark.parametrize("what", sorted(PATTERNS))
@@ -42,11 +42,11 @@ def test_no_work_log_wording(what):
 
 
 def test_the_patterns_catch_what_they_name():
-    examples = {"a numbered work session": "as measured in session 5",
-                "an issue number": "see issue #21", "a git worktree": "in the worktree",
-                "a loaned device": "the GPU was lent for 15 minutes",
-                "a development machine's path": "data in /work/shared/data",
-                "a day of work": "measured today"}
+    examples = {"a numbered work session": "as measured in sess" "ion 5",
+                "an issue number": "see issue " "#21", "a git work tree": "in the work" "tree",
+                "a loaned device": "the GPU was le" "nt for 15 minutes",
+                "a development machine's path": "data in /wo" "rk/shared/data",
+                "a day of work": "measured to" "day"}
     assert all(re.search(PATTERNS[k], v, re.IGNORECASE) for k, v in examples.items())
     assert not any(re.search(p, "shared/data, the pipeline's sessions, a silent helper", re.IGNORECASE)
                    for p in PATTERNS.values())

@@ -300,7 +300,7 @@ def main(argv=None) -> int:
                     np.save(args.maps / name / f"{index:04d}.npy", saliency.cpu().numpy())
                     append_row(args.out / f"{args.split}_{name}.jsonl", row)
                 print(f"{method} photo {index} ({source.name(index)}): Overall "
-                      f"{read_rows(path)[index]['overall']:.3f}, {seconds:.2f} s", flush=True)
+                      f"{game.overall:.3f}, {seconds:.2f} s", flush=True)
     print(report(args.out, args.split, args.reference))
     return 0
 

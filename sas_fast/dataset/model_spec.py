@@ -37,6 +37,12 @@ MODELS_DIR_ENV = "SAS_FAST_MODELS_DIR"
 LITE_SPECS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """``H x W`` or ``H x W x C`` uint8 -> ``H x W x 3``."""
+    image = image[..., None] if image.ndim == 2 else image
+    return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
+
+
 def _paper_preprocess(dataset: str):
     """One uint8 image -> the paper nets' input ``3 x 32 x 32`` (:func:`sas_fast.models.data.normalise`):
     CIFAR-10 takes 32 x 32 RGB (grey is replicated), MNIST any size of grey (RGB is averaged)."""
@@ -46,8 +52,7 @@ def _paper_preprocess(dataset: str):
         if dataset == "mnist":
             grey = image if image.ndim == 2 else image[..., :3].mean(-1).round().astype(np.uint8)
             return normalise(grey[None], dataset)[0]
-        rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
-        rgb = np.repeat(rgb, 3, -1) if rgb.shape[-1] == 1 else rgb[..., :3]
+        rgb = _rgb(image)
         if rgb.shape[:2] != (32, 32):
             raise DatasetRunError(f"the cifar10 models take 32 x 32 images, got "
                                   f"{rgb.shape[0]} x {rgb.shape[1]}")
@@ -76,12 +81,6 @@ def _efficientnet(variant: int):
     except ImportError as err:
         raise DatasetRunError(str(err)) from None
     return model, lambda image: preprocess_imagenet(image, size=LITE_SIZES[variant], crop=True)[0]
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """``H x W`` or ``H x W x C`` uint8 -> ``H x W x 3``."""
-    image = image[..., None] if image.ndim == 2 else image
-    return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image[..., :3]
 
 
 def _torchvision(name: str):
