@@ -23,6 +23,7 @@ MODES = ("insertion", "deletion", "both")
 BETA_MAX, SHARPNESS_MAX = 1e8, 1e5
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_DECAYS = ("none", "cosine")
+AREA_SAMPLINGS = ("stratified", "antithetic", "balanced", "balanced-antithetic")
 INITS = ("noise", "gradient", "guided_backprop")
 
 
@@ -45,6 +46,8 @@ class SaSConfig:
     lr: float = 0.05              # Adam learning rate on the pre-mask (ours; proto used SGD, lr unpublished)
     lr_decay: str = "none"        # none | cosine: lr (1 + cos(pi i / iterations)) / 2 at iteration i (ours)
     area_samples: int | None = None  # inner areas evaluated per iteration, stratified (None: all K - 2) (ours)
+    area_sampling: str = "stratified"  # how the strata's areas are drawn: stratified | antithetic | balanced |
+                                  # balanced-antithetic (ours, sas_fast/sampling.py)
     window: int | None = None     # smoothing / soft-max-pool window ws, odd (proto: 41 at 224 px)
     beta: float = 1.0             # soft-max-pool inverse temperature (proto)
     sharpness: float = 20.0       # s in m = sigmoid(s (schedule - t)) (proto)
@@ -138,6 +141,8 @@ class SaSConfig:
                                for d in (i, inner // i)})
             raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
                              f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
+        if self.area_sampling not in AREA_SAMPLINGS:
+            raise ValueError(f"unknown area_sampling {self.area_sampling!r}; choose one of {AREA_SAMPLINGS}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.levels < 2:

@@ -59,6 +59,14 @@ FAMILIES = {
     "gbpinit2-sample3-cosine": {"init": "guided_backprop", "init_scale": 2.0, "area_samples": 3, "lr": 0.1,
                                 "lr_decay": "cosine"},
     "gbpinit-sample1-cosine": {"init": "guided_backprop", "area_samples": 1, "lr": 0.1, "lr_decay": "cosine"},
+    # variance-reduced area sampling and two step variants at 450 passes, fixed before their results
+    "sample2-cosine-antithetic": {"area_samples": 2, "area_sampling": "antithetic", "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-balanced": {"area_samples": 2, "area_sampling": "balanced", "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-balanced-antithetic": {"area_samples": 2, "area_sampling": "balanced-antithetic", "lr": 0.1,
+                                           "lr_decay": "cosine"},
+    "sample1-cosine-balanced": {"area_samples": 1, "area_sampling": "balanced", "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-w7": {"area_samples": 2, "window": 7, "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-lr0.15": {"area_samples": 2, "lr": 0.15, "lr_decay": "cosine"},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
