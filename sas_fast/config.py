@@ -48,6 +48,8 @@ class SaSConfig:
     area_samples: int | None = None  # inner areas evaluated per iteration, stratified (None: all K - 2) (ours)
     area_sampling: str = "stratified"  # how the strata's areas are drawn: stratified | antithetic | balanced |
                                   # balanced-antithetic (ours, sas_fast/sampling.py)
+    control_variate: bool = False  # SAGA over the sampled areas: each area's last gradient kept (ours,
+                                  # sas_fast/control_variate.py; needs area_samples, stratified draws)
     window: int | None = None     # smoothing / soft-max-pool window ws, odd (proto: 41 at 224 px)
     beta: float = 1.0             # soft-max-pool inverse temperature (proto)
     sharpness: float = 20.0       # s in m = sigmoid(s (schedule - t)) (proto)
@@ -125,7 +127,7 @@ class SaSConfig:
             raise ValueError(f"max_blur must be a finite number >= 0 or None, got {self.max_blur!r}")
         if self.threshold_max_iter < 1:
             raise ValueError(f"threshold_max_iter must be >= 1, got {self.threshold_max_iter}")
-        for name in ("implicit_grad", "cuda_graph"):
+        for name in ("implicit_grad", "cuda_graph", "control_variate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.init not in INITS:
@@ -143,6 +145,10 @@ class SaSConfig:
                              f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
         if self.area_sampling not in AREA_SAMPLINGS:
             raise ValueError(f"unknown area_sampling {self.area_sampling!r}; choose one of {AREA_SAMPLINGS}")
+        if self.control_variate and (self.area_samples is None or self.area_sampling != "stratified"):
+            raise ValueError(f"control_variate=True needs sampled areas with independent draws: area_samples "
+                             f"set and area_sampling='stratified', got area_samples={self.area_samples} and "
+                             f"area_sampling={self.area_sampling!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.levels < 2:

@@ -1,5 +1,6 @@
 """One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
-gradient, :func:`~sas_fast.step.sas_step`, Adam step (learning rate ``config.lr``, with
+gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area gradients
+combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step (learning rate ``config.lr``, with
 ``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i), keep the
 thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
@@ -18,6 +19,7 @@ import math
 import torch
 
 from .config import SaSConfig
+from .control_variate import AreaGradientTable
 from .sampling import AreaSampler
 from .step import Objective, StepConstants, StepResult, mask_areas, sas_step
 
@@ -50,6 +52,7 @@ class IterationRunner:
             self.decay = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iterations)))
         self.sampler = AreaSampler(config)
+        self.table = AreaGradientTable(self.sampler.inner, self.sampler.stratum) if config.control_variate else None
         self.inner_areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
         self.index = None
         self.seen = torch.zeros(self.sampler.inner, dtype=torch.bool)   # areas solved before (host)
@@ -88,8 +91,9 @@ class IterationRunner:
             areas = self.inner_areas[self.index.to(self.inner_areas.device)]
             warm = self.thresholds[:, self.index] if bool(self.seen[self.index].all()) else None
         self.optimizer.zero_grad(set_to_none=True)
+        combine = None if self.table is None else lambda grads: self.table(self.index, grads)
         result = sas_step(self.premask, self.pyramid, self.objective, self.config, warm, areas,
-                          constants=self.constants)
+                          constants=self.constants, combine=combine)
         self.optimizer.step()
         if self.decay is not None:
             self.decay.step()

@@ -125,7 +125,8 @@ class StepConstants:
 
 def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
              config: SaSConfig, thresholds: torch.Tensor | None,
-             areas: torch.Tensor | None = None, constants: StepConstants | None = None) -> StepResult:
+             areas: torch.Tensor | None = None, constants: StepConstants | None = None,
+             combine=None) -> StepResult:
     """Forward and backward of one step; accumulates ``d loss / d premask`` into ``premask.grad``.
 
     ``premask`` ``B x 1 x (H+2r) x (W+2r)``, ``pyramid`` ``B x L x C x H x W``, ``areas`` ``[K']``
@@ -136,7 +137,9 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     batch straight from them (:func:`ops.masked_images`: the masks are never stored). The masked
     images go through the model in micro-batches of at most ``config.max_batch``; their input
     gradients are accumulated and then pushed back through the mask pipeline once,
-    so the result does not depend on ``max_batch``. Loss (eq. 7): insertion ``-sum_k z_k``,
+    so the result does not depend on ``max_batch``. ``combine`` (optional) takes the schedule
+    gradients of the K' areas one by one, ``K' x B x 1 x H x W``, and returns the schedule
+    gradient to push into the pre-mask (:mod:`sas_fast.control_variate`). Loss (eq. 7): insertion ``-sum_k z_k``,
     deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9). Nothing here copies
     between host and device or waits for the device, so a CUDA graph can capture the step.
     """
@@ -168,9 +171,29 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
         scores.append(s.detach())
         grads.append(torch.zeros_like(x) if x.grad is None else x.grad)
     grad = grads[0] if len(grads) == 1 else torch.cat(grads)
-    images.backward(grad.unflatten(0, images.shape[:2]))
+    grad = grad.unflatten(0, images.shape[:2])
+    if combine is None:
+        images.backward(grad)
+    else:
+        schedule.backward(combine(per_area_gradients(images, schedule, grad, len(modes))))
 
     scores = (scores[0] if len(scores) == 1 else torch.cat(scores)).view(b, len(modes), areas.numel())
     loss = scores.flatten(1).mv(sign[0].flatten())          # sum_{m, k} sign_mk z_bmk, one op
     return StepResult(loss=loss, scores={m: scores[:, i] for i, m in enumerate(modes)},
                       thresholds=thresholds)
+
+
+def per_area_gradients(images: torch.Tensor, schedule: torch.Tensor, grad: torch.Tensor,
+                       modes: int) -> torch.Tensor:
+    """``K' x B x 1 x H x W``: the schedule gradient of each evaluated area alone (its insertion
+    and deletion images), from ``grad`` ``B x (M K') x C x H x W``, the input gradients of the
+    model's batch. One backward of the masked-images op per area: the areas share no
+    threshold, so the K' gradients sum to the step's gradient."""
+    areas = grad.shape[1] // modes
+    per_area = grad.unflatten(1, (modes, areas))
+    out = []
+    for k in range(areas):
+        alone = torch.zeros_like(per_area)
+        alone[:, :, k] = per_area[:, :, k]
+        out.append(torch.autograd.grad(images, schedule, alone.flatten(1, 2), retain_graph=True)[0])
+    return torch.stack(out)

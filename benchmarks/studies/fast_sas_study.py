@@ -67,6 +67,10 @@ FAMILIES = {
     "sample1-cosine-balanced": {"area_samples": 1, "area_sampling": "balanced", "lr": 0.1, "lr_decay": "cosine"},
     "sample2-cosine-w7": {"area_samples": 2, "window": 7, "lr": 0.1, "lr_decay": "cosine"},
     "sample2-cosine-lr0.15": {"area_samples": 2, "lr": 0.15, "lr_decay": "cosine"},
+    # the second round: SAGA over the sampled areas (control_variate), fixed before its results
+    "sample1-cosine-saga": {"area_samples": 1, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-saga": {"area_samples": 2, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
+    "sample3-cosine-saga": {"area_samples": 3, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
