@@ -154,6 +154,32 @@ def markdown(data: dict, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooled(out: Path, split: str, reference: str) -> tuple:
+    """(markdown table, rows): every method's paired Δ Overall against ``reference``, pooled over
+    the settings' ``fast_<split>_*.json`` files in ``out`` that hold both (images paired within
+    their setting), best first; the adoption rules of ``benchmarks/studies/rules.md`` read it."""
+    files = sorted(out.glob(f"fast_{split}_*.json"))
+    diffs = {}
+    for path in files:
+        results = json.loads(path.read_text())["results"]
+        if reference not in results:
+            continue
+        for name, r in results.items():
+            if name != reference:
+                diffs.setdefault(name, []).append(np.asarray(r["overall"]) - np.asarray(results[reference]["overall"]))
+    settings = [p.stem.replace(f"fast_{split}_", "") for p in files]
+    lines = [f"pooled over {', '.join(settings)} ({split} images)", "",
+             f"| method | settings | N | pooled paired Δ vs {reference} | wins |", "| --- | --- | --- | --- | --- |"]
+    rows = []
+    for name, parts in sorted(diffs.items(), key=lambda kv: -np.concatenate(kv[1]).mean()):
+        d = np.concatenate(parts)
+        value = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
+        lines.append(f"| {name} | {len(parts)} | {d.size} | {value} | {int((d > 0).sum())}/{d.size} |")
+        rows.append({"setting": f"{len(parts)} settings pooled, {split} images, N = {d.size}",
+                     "metric": f"{name} − {reference}, Overall, paired", "value": f"{value} ({int((d > 0).sum())}/{d.size})"})
+    return "\n".join(lines) + "\n", rows
+
+
 #: the presets the study chose, by their study names
 PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-cosine@450": "fastest"}
 SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", "vgg16": "VGG16"}
@@ -236,10 +262,19 @@ def main(argv=None) -> int:
     ap.add_argument("--frontier", metavar="FAMILIES", help="only draw the frontier of FAMILIES (comma-separated) against the "
                     "default cut short from the evaluation runs in --out (table printed, figure to --figure)")
     ap.add_argument("--figure", type=Path, default=Path("frontier.png"))
+    ap.add_argument("--pooled", action="store_true", help="only pool the paired Δ against --reference over "
+                    "the --split runs in --out (table printed and written to --out/pooled_<split>.md; --rows)")
     args = ap.parse_args(argv)
     args.shared = shared_dir(args.shared)
     if args.frontier:
         print(frontier(args.out, args.figure, args.frontier))
+        return 0
+    if args.pooled:
+        table, rows = pooled(args.out, args.split, args.reference or "default")
+        (args.out / f"pooled_{args.split}.md").write_text(table)
+        if args.rows:
+            append_rows("presets", rows)
+        print(table)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
