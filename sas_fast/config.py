@@ -53,6 +53,8 @@ class SaSConfig:
     window: int | None = None     # smoothing / soft-max-pool window ws, odd (proto: 41 at 224 px)
     beta: float = 1.0             # soft-max-pool inverse temperature (proto)
     sharpness: float = 20.0       # s in m = sigmoid(s (schedule - t)) (proto)
+    sharpness_start: float | None = None  # anneal s geometrically from this to ``sharpness`` over the run
+                                  # (None: constant; ours, SaSConfig.sharpness_at)
     levels: int = 8               # blur-pyramid levels L (proto, from Extremal Perturbations)
     max_blur: float | None = None # sigma of the most blurred level (proto: 20 at 224 px)
     implicit_grad: bool = True    # differentiate through the thresholds (proto; docs/SPEC.md section 3)
@@ -85,6 +87,14 @@ class SaSConfig:
         max_blur = self.max_blur if self.max_blur is not None else 20.0 * size / 224
         return dataclasses.replace(self, window=window, max_blur=max_blur)
 
+    def sharpness_at(self, iteration: int) -> float:
+        """The mask sharpness of ``iteration``: ``sharpness``, or with ``sharpness_start`` the
+        geometric path ``start (sharpness / start) ** (i / (iterations - 1))`` (start at
+        iteration 0, ``sharpness`` at the last)."""
+        if self.sharpness_start is None or self.iterations == 1:
+            return self.sharpness
+        return self.sharpness_start * (self.sharpness / self.sharpness_start) ** (iteration / (self.iterations - 1))
+
     def init_passes(self) -> int:
         """Model image-passes per explained image spent before the first iteration (the init map)."""
         return 0 if self.init == "noise" else 1
@@ -115,6 +125,13 @@ class SaSConfig:
         for name in ("lr", "beta", "sharpness", "threshold_tol"):
             if not (is_real(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if self.sharpness_start is not None:
+            if not (is_real(self.sharpness_start) and 0 < self.sharpness_start <= SHARPNESS_MAX):
+                raise ValueError(f"sharpness_start must be None or a finite number in (0, {SHARPNESS_MAX:g}], "
+                                 f"got {self.sharpness_start!r}")
+            if self.cuda_graph:
+                raise ValueError("cuda_graph=True replays one fixed iteration: it needs sharpness_start=None, "
+                                 f"got {self.sharpness_start!r}")
         for name, top in (("beta", BETA_MAX), ("sharpness", SHARPNESS_MAX)):
             if getattr(self, name) > top:
                 raise ValueError(f"{name} must be at most {top:g} (beyond, the float32 masks are binary or "

@@ -1,7 +1,8 @@
 """One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
 gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area gradients
 combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step (learning rate ``config.lr``, with
-``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i), keep the
+``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i; with
+``sharpness_start`` the masks' sharpness of iteration i, ``config.sharpness_at(i)``), keep the
 thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
 With ``config.cuda_graph`` the first :data:`WARMUP` iterations run eagerly on a side stream
@@ -14,6 +15,7 @@ branches); every iteration has the same shapes, so one capture serves the whole 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -92,7 +94,10 @@ class IterationRunner:
             warm = self.thresholds[:, self.index] if bool(self.seen[self.index].all()) else None
         self.optimizer.zero_grad(set_to_none=True)
         combine = None if self.table is None else lambda grads: self.table(self.index, grads)
-        result = sas_step(self.premask, self.pyramid, self.objective, self.config, warm, areas,
+        config = self.config
+        if config.sharpness_start is not None:
+            config = dataclasses.replace(config, sharpness=config.sharpness_at(self.calls - 1))
+        result = sas_step(self.premask, self.pyramid, self.objective, config, warm, areas,
                           constants=self.constants, combine=combine)
         self.optimizer.step()
         if self.decay is not None:

@@ -71,6 +71,11 @@ FAMILIES = {
     "sample1-cosine-saga": {"area_samples": 1, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
     "sample2-cosine-saga": {"area_samples": 2, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
     "sample3-cosine-saga": {"area_samples": 3, "control_variate": True, "lr": 0.1, "lr_decay": "cosine"},
+    # the third round: softer masks (sharpness constant or annealed to 20), fixed before its results
+    "sample2-cosine-s10": {"area_samples": 2, "sharpness": 10.0, "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-s14": {"area_samples": 2, "sharpness": 14.0, "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-sharpen5": {"area_samples": 2, "sharpness_start": 5.0, "lr": 0.1, "lr_decay": "cosine"},
+    "sample2-cosine-sharpen10": {"area_samples": 2, "sharpness_start": 10.0, "lr": 0.1, "lr_decay": "cosine"},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
