@@ -10,7 +10,8 @@ as fit in PASSES model image-passes per image (forward + input-gradient backward
 image = 1; ``SaSConfig.passes_per_iteration``; an init map's pass, ``SaSConfig.init_passes``, counts). ``default`` is the 200-iteration default; its
 maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default cut short at
 432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost. ``Gradient``,
-``Guided BP``, ``IG`` and ``GradCAM`` run the gradient baselines on the same images (1 pass, IG 50).
+``Guided BP``, ``IG`` and ``GradCAM`` run the gradient baselines on the same images (1 pass, IG 50),
+``EP`` Extremal Perturbation (800 passes; needs TorchRay).
 
 Calibration images are test indices = 1 mod 10 (``calibrate_sas.calibration_indices``),
 evaluation images the others (as ``reproduce_table2.py``). Every method runs on the same images;
@@ -38,8 +39,9 @@ from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indic
 from benchmarks.studies.calibrate_sas import calibration_indices
 from benchmarks.studies.reproduce_table2 import BASELINES
 
-#: model image-passes per image of the gradient baselines (IG: its 50 steps)
-BASELINE_PASSES = {"Gradient": 1, "Guided BP": 1, "IG": 50, "GradCAM": 1}
+#: model image-passes per image of the baselines (IG: its 50 steps; EP: TorchRay's 800 steps, one
+#: masked image each; needs TorchRay)
+BASELINE_PASSES = {"Gradient": 1, "Guided BP": 1, "IG": 50, "GradCAM": 1, "EP": 800}
 
 
 #: the candidates of the study, fixed before any result came in (benchmarks/studies/rules.md)
@@ -82,7 +84,9 @@ DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are
 
 def method_options(name: str) -> dict:
     """SaS options of ``FAMILY@PASSES`` (or ``default``), with ``iterations`` filled in; None for
-    a gradient baseline (``Gradient``, ``Guided BP``, ``IG``, ``GradCAM``)."""
+    a baseline (``Gradient``, ``Guided BP``, ``IG``, ``GradCAM``, ``EP``)."""
+    if name in BASELINE_PASSES and name not in BASELINES:
+        raise SystemExit(f"{name} needs TorchRay: pip install --no-deps torchray")
     if name in BASELINE_PASSES:
         return None
     if name == "default":
