@@ -1,0 +1,31 @@
+"""The tables of benchmarks/studies/fast_sas_study.py computed from stored runs (no model needed)."""
+import json
+
+import numpy as np
+
+import benchmarks.rows
+from benchmarks.studies import fast_sas_study as study
+
+
+def test_fast_sas_study_pools_paired_differences_over_settings(tmp_path, monkeypatch):
+    """``--pooled``: per-image differences against the reference, concatenated over the settings
+    that ran it (a setting without the reference is left out), best method first."""
+    def write(name, results):
+        (tmp_path / f"fast_calibration_{name}.json").write_text(json.dumps(
+            {"indices": [0, 1, 2], "header": "", "results": {k: {"passes": 448, "overall": v} for k, v in results.items()}}))
+
+    write("mnist_resnet8", {"ref": [0.5, 0.5, 0.5], "a": [0.6, 0.5, 0.4], "b": [0.5, 0.4, 0.3]})
+    write("cifar10_vgg16", {"ref": [0.2, 0.3, 0.4], "a": [0.3, 0.4, 0.5], "b": [0.2, 0.3, 0.4]})
+    write("cifar10_resnet8", {"a": [0.9, 0.9, 0.9]})                     # no reference: not pooled
+    monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "rows")
+    argv = ["--pooled", "--split", "calibration", "--reference", "ref", "--out", str(tmp_path), "--rows"]
+    assert study.main(argv) == 0
+    table = (tmp_path / "pooled_calibration.md").read_text()
+    a = np.array([0.1, 0.0, -0.1, 0.1, 0.1, 0.1])
+    b = np.array([0.0, -0.1, -0.2, 0.0, 0.0, 0.0])
+    lines = [line for line in table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert lines[0].startswith("| a | 2 | 6 | ") and lines[1].startswith("| b | 2 | 6 | ")
+    assert f"{a.mean():+.4f} ± {a.std(ddof=1) / np.sqrt(6):.4f} | 4/6" in lines[0]
+    assert f"{b.mean():+.4f} ± {b.std(ddof=1) / np.sqrt(6):.4f} | 0/6" in lines[1]
+    rows = [json.loads(r) for r in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()]
+    assert [r["metric"] for r in rows] == ["a − ref, Overall, paired", "b − ref, Overall, paired"]
