@@ -17,12 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.paths import shared_dir
 from sas_fast.dataset import DatasetRunError, attribute_dataset, merge, resolve_model
 from sas_fast.cli import main
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-SHARED = Path(os.environ.get("SAS_SHARED", REPO.parent / "shared"))  # as in test_models.py
+SHARED = shared_dir()
 MODEL = "tiny_model:make"
 SETTINGS = dict(batch_size=4, chunk_size=4, iterations=3, window=3, num_masks=4, backend="reference",
                 progress=False)

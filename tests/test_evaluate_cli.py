@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.paths import shared_dir
 from sas_fast.cli import main
 from sas_fast.dataset import DatasetRunError, attribute_dataset, merge
 from sas_fast.dataset.model_spec import model_input, resolve_model
@@ -101,7 +102,7 @@ def test_evaluate_and_method_errors_are_one_line(data, runs, tmp_path, capsys):
         attribute_dataset(data / "images.npz", MODEL, tmp_path / "y", method="lime")
 
 
-PHOTOS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet_samples"
+PHOTOS = shared_dir() / "data" / "imagenet_samples"
 
 
 @pytest.mark.skipif(not (PHOTOS / "labels.csv").exists(), reason="needs the ImageNet photos of ../shared")

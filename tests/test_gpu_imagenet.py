@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.paths import shared_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT / ".." / "shared" / "data" / "imagenet_samples"
+PHOTOS = shared_dir() / "data" / "imagenet_samples"
 
 
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason="needs the ImageNet photos of ../shared")

@@ -1,16 +1,15 @@
 """The paper's ResNet8 / VGG16 and the offline test sets (``shared/``: set SAS_SHARED, or the
 ``../shared`` folder beside the repository)."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.paths import shared_dir
 from sas_fast.models import load_npz_dataset, load_paper_model, resnet8, stratified_indices, vgg16
 
-SHARED = Path(os.environ.get("SAS_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+SHARED = shared_dir()
 MODELS, DATA = SHARED / "models", SHARED / "data"
 needs_models = pytest.mark.skipif(not (MODELS / "state_dict_keys.json").exists(),
                                   reason=f"no trained models at {MODELS} (set SAS_SHARED)")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import benchmarks.rows
+from benchmarks.paths import shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SAS_SHARED", ROOT / ".." / "shared"))
+SHARED = shared_dir()
 pytestmark = pytest.mark.skipif(not (SHARED / "models" / "resnet8_cifar10.pt").exists(),
                                 reason=f"the paper's models are not at {SHARED}")
 
