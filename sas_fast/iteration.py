@@ -1,9 +1,9 @@
 """One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
-gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area gradients
-combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step (learning rate ``config.lr``, with
-``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2`` at iteration i; with
-``sharpness_start`` the masks' sharpness of iteration i, ``config.sharpness_at(i)``), keep the
-thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
+gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area
+gradients combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step
+(learning rate ``config.lr``, with ``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2``
+at iteration i; with ``sharpness_start`` the masks' sharpness of iteration i is
+``config.sharpness_at(i)``), keep the thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
 With ``config.cuda_graph`` the first :data:`WARMUP` iterations run eagerly on a side stream
 (Triton compiles, cuDNN picks its algorithms, the allocator settles); the next call captures one

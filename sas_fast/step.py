@@ -139,8 +139,8 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     gradients are accumulated and then pushed back through the mask pipeline once,
     so the result does not depend on ``max_batch``. ``combine`` (optional) takes the schedule
     gradients of the K' areas one by one, ``K' x B x 1 x H x W``, and returns the schedule
-    gradient to push into the pre-mask (:mod:`sas_fast.control_variate`). Loss (eq. 7): insertion ``-sum_k z_k``,
-    deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9). Nothing here copies
+    gradient to push into the pre-mask (:mod:`sas_fast.control_variate`). Loss (eq. 7):
+    insertion ``-sum_k z_k``, deletion ``+sum_k z_k`` (signs swapped for feature saliency, eq. 9). Nothing here copies
     between host and device or waits for the device, so a CUDA graph can capture the step.
     """
     backend = config.backend

@@ -46,7 +46,8 @@ def test_a_start_equal_to_the_end_is_the_constant_run_and_another_start_is_not()
 @pytest.mark.parametrize("options, message", [
     ({"sharpness_start": 0.0}, r"sharpness_start must be None or a finite number in \(0, 100000\], got 0.0"),
     ({"sharpness_start": "5"}, r"sharpness_start must be None or a finite number"),
-    ({"sharpness_start": 5.0, "cuda_graph": True}, "cuda_graph=True replays one fixed iteration: it needs sharpness_start=None"),
+    ({"sharpness_start": 5.0, "cuda_graph": True},
+     "cuda_graph=True replays one fixed iteration: it needs sharpness_start=None"),
 ])
 def test_bad_starts_are_named(options, message):
     with pytest.raises(ValueError, match=message):

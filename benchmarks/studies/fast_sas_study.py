@@ -185,7 +185,8 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
         value = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
         lines.append(f"| {name} | {len(parts)} | {d.size} | {value} | {int((d > 0).sum())}/{d.size} |")
         rows.append({"setting": f"{len(parts)} settings pooled, {split} images, N = {d.size}",
-                     "metric": f"{name} − {reference}, Overall, paired", "value": f"{value} ({int((d > 0).sum())}/{d.size})"})
+                     "metric": f"{name} − {reference}, Overall, paired",
+                     "value": f"{value} ({int((d > 0).sum())}/{d.size})"})
     return "\n".join(lines) + "\n", rows
 
 
