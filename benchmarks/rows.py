@@ -35,12 +35,14 @@ def machine() -> str:
 
 @functools.cache
 def commit() -> str:
-    """The checkout's commit (``+`` when it has uncommitted changes), or ``unknown``."""
+    """The checkout's commit (``+`` when it has uncommitted changes other than the appended rows
+    themselves, so a series of commands run at one commit all name it), or ``unknown``."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){RESULTS.relative_to(root)}"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
