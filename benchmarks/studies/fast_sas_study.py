@@ -231,7 +231,8 @@ def frontier(out: Path, figure: Path, families: str) -> str:
                 o = np.asarray(r["overall"])
                 curves[curve].append((r["passes"], o.mean(), o.std(ddof=1) / np.sqrt(o.size)))
         curves = {c: pts for c, pts in curves.items() if pts}
-        panels[setting] = curves
+        panels[setting] = {(f"{c} ({BASELINE_PASSES[c]:,} pass{'es' if BASELINE_PASSES[c] > 1 else ''})"
+                            if c in BASELINES else c): pts for c, pts in curves.items()}
         n = len(next(iter(results.values()))["overall"])
         for curve, points in curves.items():
             cells = [f"{p}: {m:.3f} ± {e:.3f}" for p, m, e in sorted(points)]
