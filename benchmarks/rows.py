@@ -41,9 +41,9 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                f":(exclude){RESULTS.relative_to(root)}"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        rows = [f":(exclude){RESULTS.relative_to(root)}"] if RESULTS.is_relative_to(root) else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *rows],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+" if dirty else "")
