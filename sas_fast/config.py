@@ -22,7 +22,7 @@ MODES = ("insertion", "deletion", "both")
 #: 1e5 to 3e-10-1e-5 at 1e6 (only the implicit threshold term is left)
 BETA_MAX, SHARPNESS_MAX = 1e8, 1e5
 PRECISIONS = ("auto", "fp32", "bf16")
-LR_DECAYS = ("none", "cosine")
+LR_DECAYS = ("none", "cosine", "linear", "warmup-cosine")
 AREA_SAMPLINGS = ("stratified", "antithetic", "balanced", "balanced-antithetic")
 INITS = ("noise", "gradient", "guided_backprop")
 
@@ -44,7 +44,9 @@ class SaSConfig:
     num_masks: int = 20           # K masks, areas k / (K - 1), k = 0..K-1 (paper: 20; proto: OFF..ON)
     iterations: int = 200         # optimisation steps (paper: 200 at 32 px, 800 on ImageNet)
     lr: float = 0.05              # Adam learning rate on the pre-mask (ours; proto used SGD, lr unpublished)
-    lr_decay: str = "none"        # none | cosine: lr (1 + cos(pi i / iterations)) / 2 at iteration i (ours)
+    lr_decay: str = "none"        # none | cosine | linear | warmup-cosine: the factor on lr at iteration i,
+                                  # SaSConfig.lr_factor (ours)
+    betas: tuple = (0.9, 0.999)   # Adam's moment decays (torch's defaults)
     area_samples: int | None = None  # inner areas evaluated per iteration, stratified (None: all K - 2) (ours)
     area_sampling: str = "stratified"  # how the strata's areas are drawn: stratified | antithetic | balanced |
                                   # balanced-antithetic (ours, sas_fast/sampling.py)
@@ -86,6 +88,22 @@ class SaSConfig:
             window = max(3, 2 * math.floor((41 * size / 224 - 1) / 2 + 0.5) + 1)
         max_blur = self.max_blur if self.max_blur is not None else 20.0 * size / 224
         return dataclasses.replace(self, window=window, max_blur=max_blur)
+
+    def lr_factor(self, iteration: int) -> float:
+        """The factor on ``lr`` at ``iteration`` i of n: 1 (``none``); ``(1 + cos(pi i / n)) / 2``
+        (``cosine``); ``1 - i / n`` (``linear``); ``warmup-cosine``: ``(i + 1) / w`` for the first
+        ``w = max(1, round(n / 10))`` iterations, then the cosine over the remaining ``n - w``."""
+        n = self.iterations
+        if self.lr_decay == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * iteration / n))
+        if self.lr_decay == "linear":
+            return 1 - iteration / n
+        if self.lr_decay == "warmup-cosine":
+            warm = max(1, round(n / 10))
+            if iteration < warm:
+                return (iteration + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (iteration - warm) / max(1, n - warm)))
+        return 1.0
 
     def sharpness_at(self, iteration: int) -> float:
         """The mask sharpness of ``iteration``: ``sharpness``, or with ``sharpness_start`` the
@@ -153,6 +171,9 @@ class SaSConfig:
             raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {LR_DECAYS}")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(is_real(b) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1) (Adam's moment decays), got {self.betas!r}")
         inner = self.num_masks - 2
         if self.area_samples is not None and (type(self.area_samples) is not int
                                               or self.area_samples < 1 or inner % self.area_samples):
@@ -209,6 +230,8 @@ def make_config(preset: str | SaSConfig = "default", **overrides) -> SaSConfig:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown SaS option(s) {unknown}; known: {sorted(names)}")
+    if isinstance(overrides.get("betas"), list):
+        overrides["betas"] = tuple(overrides["betas"])
     if isinstance(overrides.get("trace_iterations"), (list, tuple, range)):
         overrides["trace_iterations"] = tuple(int(i) if is_int(i) else i
                                               for i in overrides["trace_iterations"])

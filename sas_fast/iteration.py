@@ -1,9 +1,10 @@
 """One SaS iteration: draw the areas (:class:`~sas_fast.sampling.AreaSampler`), zero the
 gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area
 gradients combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step
-(learning rate ``config.lr``, with ``lr_decay="cosine"`` times ``(1 + cos(pi i / iterations)) / 2``
-at iteration i; with ``sharpness_start`` the masks' sharpness of iteration i is
-``config.sharpness_at(i)``), keep the thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
+(learning rate ``config.lr`` times ``config.lr_factor(i)`` at iteration i, betas
+``config.betas``; with ``sharpness_start`` the masks' sharpness of iteration i is
+``config.sharpness_at(i)``), keep the thresholds for the next solve's warm start. Eager, or
+replayed from a CUDA graph.
 
 With ``config.cuda_graph`` the first :data:`WARMUP` iterations run eagerly on a side stream
 (Triton compiles, cuDNN picks its algorithms, the allocator settles); the next call captures one
@@ -16,7 +17,6 @@ branches); every iteration has the same shapes, so one capture serves the whole 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -47,12 +47,12 @@ class IterationRunner:
             raise ValueError("cuda_graph=True replays one fixed iteration: it needs area_samples=None and "
                              f"lr_decay='none', got {config.area_samples} and {config.lr_decay!r}")
         self.premask, self.pyramid, self.objective, self.config = premask, pyramid, objective, config
-        self.optimizer = torch.optim.Adam([premask], lr=config.lr, capturable=config.cuda_graph,
+        self.optimizer = torch.optim.Adam([premask], lr=config.lr, betas=tuple(config.betas),
+                                          capturable=config.cuda_graph,
                                           fused=premask.device.type in ("cpu", "cuda"))
         self.decay = None
-        if config.lr_decay == "cosine":
-            self.decay = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iterations)))
+        if config.lr_decay != "none":
+            self.decay = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
         self.sampler = AreaSampler(config)
         self.table = AreaGradientTable(self.sampler.inner, self.sampler.stratum) if config.control_variate else None
         self.inner_areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]

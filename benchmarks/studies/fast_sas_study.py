@@ -78,6 +78,11 @@ FAMILIES = {
     "sample2-cosine-s14": {"area_samples": 2, "sharpness": 14.0, "lr": 0.1, "lr_decay": "cosine"},
     "sample2-cosine-sharpen5": {"area_samples": 2, "sharpness_start": 5.0, "lr": 0.1, "lr_decay": "cosine"},
     "sample2-cosine-sharpen10": {"area_samples": 2, "sharpness_start": 10.0, "lr": 0.1, "lr_decay": "cosine"},
+    # the fourth round: step rules for short runs, fixed before its results
+    "sample2-warmcos": {"area_samples": 2, "lr": 0.1, "lr_decay": "warmup-cosine"},
+    "sample2-linear": {"area_samples": 2, "lr": 0.1, "lr_decay": "linear"},
+    "sample2-cosine-b2": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "betas": (0.9, 0.99)},
+    "sample2-cosine-b1": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "betas": (0.8, 0.999)},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
