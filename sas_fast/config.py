@@ -206,8 +206,8 @@ class SaSConfig:
 #: sampled schedule did not reproduce the 800-iteration map at 224 px. Studies: ``benchmarks/
 #: RESULTS.md``, "Fewer model passes per image". ``fastest`` (448 passes, 2 of 18 areas per iteration)
 #: was chosen on held-out 32-px images; it is within 0.01 of the default on MNIST only (0.02 behind
-#: on CIFAR-10), and none of 13 later candidates (area_sampling, control_variate, sharpness_start,
-#: window, lr) beat it there: the same section; rules in ``benchmarks/studies/rules.md``.
+#: on CIFAR-10), and none of 17 later candidates (area_sampling, control_variate, sharpness_start,
+#: window, lr, lr_decay, betas) beat it there: the same section; rules in ``benchmarks/studies/rules.md``.
 PRESETS = {
     "default": SaSConfig(),
     "paper-cifar": SaSConfig(iterations=200),       # paper section 4: MNIST, CIFAR-10/100
