@@ -43,7 +43,7 @@ def test_area_samples_must_divide_the_inner_areas():
     with pytest.raises(ValueError, match=r"area_samples must divide the 18 inner areas.*\[1, 2, 3, 6, 9, 18\]"):
         make_config(area_samples=4)
     with pytest.raises(ValueError, match="lr_decay"):
-        make_config(lr_decay="linear")
+        make_config(lr_decay="step")
 
 
 def test_sampled_loss_is_an_unbiased_estimate_of_the_full_loss(model):
