@@ -28,6 +28,7 @@ from sas_fast.evaluate import deletion_game
 from sas_fast.models import efficientnet_lite0, preprocess_imagenet
 from sas_fast.precision import cpu_capability, resolve_precision
 
+from benchmarks.common import paired
 from benchmarks.rows import append as append_rows
 from benchmarks.studies.imagenet_fast_check import spearman
 
@@ -81,10 +82,7 @@ def table(rows: dict, iterations: int) -> str:
     cuts = sorted({int(n) for r in rows.values() for n in r})
     for n in cuts:
         overall = [r[str(n)]["overall"] for r in rows.values()]
-        delta = [r[str(n)]["overall"] - r[str(iterations)]["overall"] for r in rows.values()]
-        se = statistics.stdev(delta) / len(delta) ** 0.5 if len(delta) > 1 else float("nan")
-        lines.append(f"| {n} | {36 * n} | {statistics.mean(overall):.3f} | {statistics.mean(delta):+.3f} ± {se:.3f} "
-                     f"({sum(d > 0 for d in delta)}/{len(delta)}) | "
+        lines.append(f"| {n} | {36 * n} | {statistics.mean(overall):.3f} | {_vs_final(rows, n, iterations)} | "
                      f"{statistics.mean(r[str(n)]['spearman_vs_final'] for r in rows.values()):.2f} |")
     return "\n".join(lines)
 
@@ -119,12 +117,16 @@ def result_rows(rows: dict, iterations: int) -> list:
     """Each cut's paired difference against the final map, as rows of ``benchmarks/results/rows/``."""
     out = []
     for n in sorted({int(n) for r in rows.values() for n in r} - {iterations}):
-        delta = [r[str(n)]["overall"] - r[str(iterations)]["overall"] for r in rows.values()]
-        se = statistics.stdev(delta) / len(delta) ** 0.5 if len(delta) > 1 else float("nan")
         out.append({"setting": f"the demo schedule on {len(rows)} bundled photos, EfficientNet-Lite0",
                     "metric": f"{n} iterations − {iterations}, Overall, paired",
-                    "value": f"{statistics.mean(delta):+.3f} ± {se:.3f} ({sum(d > 0 for d in delta)}/{len(delta)})"})
+                    "value": _vs_final(rows, n, iterations)})
     return out
+
+
+def _vs_final(rows: dict, n: int, iterations: int) -> str:
+    """The photos' paired Overall difference of the map after ``n`` iterations against the final one."""
+    return paired([r[str(n)]["overall"] for r in rows.values()],
+                  [r[str(iterations)]["overall"] for r in rows.values()])
 
 
 if __name__ == "__main__":

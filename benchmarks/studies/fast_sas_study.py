@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import sas_fast
+from benchmarks.common import paired
 from benchmarks.paths import shared_dir
 from benchmarks.rows import append as append_rows
 from sas_fast.config import make_config
@@ -144,11 +145,6 @@ def add(results: dict, key: str, new: dict) -> None:
     old["overall"] += new["overall"]
 
 
-def paired(a: list, b: list) -> str:
-    d = np.asarray(a) - np.asarray(b)
-    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f} ({int((d > 0).sum())}/{d.size})"
-
-
 def markdown(data: dict, reference: str) -> str:
     results = data["results"]
     cuts = {r["passes"]: r for k, r in results.items() if k.startswith("cut@") or k == "default"}
@@ -172,26 +168,24 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
     """(markdown table, rows): every method's paired Δ Overall against ``reference``, pooled over
     the settings' ``fast_<split>_*.json`` files in ``out`` that hold both (images paired within
     their setting), best first; the adoption rules of ``benchmarks/studies/rules.md`` read it."""
-    files = sorted(out.glob(f"fast_{split}_*.json"))
-    diffs = {}
-    for path in files:
+    settings, diffs = [], {}
+    for path in sorted(out.glob(f"fast_{split}_*.json")):
         results = json.loads(path.read_text())["results"]
         if reference not in results:
             continue
+        settings.append(path.stem.replace(f"fast_{split}_", ""))
         for name, r in results.items():
             if name != reference:
-                diffs.setdefault(name, []).append(np.asarray(r["overall"]) - np.asarray(results[reference]["overall"]))
-    settings = [p.stem.replace(f"fast_{split}_", "") for p in files]
+                diffs.setdefault(name, []).append(np.subtract(r["overall"], results[reference]["overall"]))
     lines = [f"pooled over {', '.join(settings)} ({split} images)", "",
-             f"| method | settings | N | pooled paired Δ vs {reference} | wins |", "| --- | --- | --- | --- | --- |"]
+             f"| method | settings | N | pooled paired Δ vs {reference} (wins) |", "| --- | --- | --- | --- |"]
     rows = []
-    for name, parts in sorted(diffs.items(), key=lambda kv: -np.concatenate(kv[1]).mean()):
-        d = np.concatenate(parts)
-        value = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
-        lines.append(f"| {name} | {len(parts)} | {d.size} | {value} | {int((d > 0).sum())}/{d.size} |")
-        rows.append({"setting": f"{len(parts)} settings pooled, {split} images, N = {d.size}",
-                     "metric": f"{name} − {reference}, Overall, paired",
-                     "value": f"{value} ({int((d > 0).sum())}/{d.size})"})
+    pooled_diffs = [(name, np.concatenate(parts), len(parts)) for name, parts in diffs.items()]
+    for name, d, count in sorted(pooled_diffs, key=lambda x: -x[1].mean()):
+        value = paired(d, 0, digits=4)
+        lines.append(f"| {name} | {count} | {d.size} | {value} |")
+        rows.append({"setting": f"{count} settings pooled, {split} images, N = {d.size}",
+                     "metric": f"{name} − {reference}, Overall, paired", "value": value})
     return "\n".join(lines) + "\n", rows
 
 

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import sas_fast
-from benchmarks.rows import append as append_rows
-from benchmarks.common import sync
+from benchmarks.common import paired, sync
 from benchmarks.paths import shared_dir
+from benchmarks.rows import append as append_rows
 from sas_fast import baselines
 from sas_fast.config import PRESETS, make_config
 from sas_fast.dataset.sources import open_source
@@ -115,11 +115,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> str:
-    d = a - b
-    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f} ({int((d > 0).sum())}/{d.size})"
 
 
 def report(out: Path, split: str, reference: str) -> str:
