@@ -1,6 +1,8 @@
 """Pictures people can look at: heat-map overlays (needs matplotlib, in the ``eval``/``demo`` extras)."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,11 +49,11 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path, title: str = "") -> None:
-    """Title, tight layout, write the PNG, free the figure."""
+def _save(plt, fig, path, title: str = "", rect=(0, 0, 1, 1)) -> None:
+    """Title, tight layout within ``rect`` (figure fractions), write the PNG, free the figure."""
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -89,10 +91,7 @@ def plot_frontier(panels: dict, path, title: str = "") -> None:
             x, y, e = (np.array(v, dtype=float) for v in zip(*sorted(points)))
             legend.setdefault(label, ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=label))
         ax.set_xscale("log")
-        shared = {}
-        for points in curves.values():
-            for p, _, _ in points:
-                shared[p] = shared.get(p, 0) + 1
+        shared = Counter(p for points in curves.values() for p, _, _ in points)
         ticks = []
         for p in sorted(shared, key=lambda p: (-shared[p], p)):
             if all(not (p / 1.2 < t < p * 1.2) for t in ticks):
@@ -105,11 +104,7 @@ def plot_frontier(panels: dict, path, title: str = "") -> None:
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 8), fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, title, rect=(0, 0.1, 1, 1))           # the legend below the panels
 
 
 def plot_score_profiles(trace, path, image: int = 0, title: str = "") -> None:

@@ -9,7 +9,6 @@ from sas_fast.sampling import AreaSampler
 from test_attribute import TextureDetector, textured_images
 
 
-
 def draws(sampling, samples, iterations, seed=0, num_masks=20):
     sampler = AreaSampler(SaSConfig(num_masks=num_masks, area_samples=samples, area_sampling=sampling, seed=seed))
     return torch.stack([sampler() for _ in range(iterations)])

@@ -8,7 +8,6 @@ import torch
 from sas_fast.precision import cpu_capability
 
 
-
 def _script(name):
     return importlib.import_module(f"benchmarks.speed.{name}")
 

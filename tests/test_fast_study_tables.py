@@ -29,3 +29,11 @@ def test_fast_sas_study_pools_paired_differences_over_settings(tmp_path, monkeyp
     assert table.startswith("pooled over cifar10_vgg16, mnist_resnet8 (calibration images)")
     rows = [json.loads(r) for r in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()]
     assert [r["metric"] for r in rows] == ["a − ref, Overall, paired", "b − ref, Overall, paired"]
+
+
+def test_paired_differences_read_mean_se_and_wins():
+    from benchmarks.common import paired
+
+    d = np.array([1.0, 0.0, 2.0])
+    assert paired([1, 2, 3], [0, 2, 1]) == f"+1.000 ± {d.std(ddof=1) / np.sqrt(3):.3f} (2/3)"
+    assert paired([0.5], [0.75], digits=2) == "-0.25 ± nan (0/1)"

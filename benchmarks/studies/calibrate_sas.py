@@ -27,7 +27,6 @@ from sas_fast.evaluate import deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 
 
-
 def calibration_indices(labels: np.ndarray, n: int) -> np.ndarray:
     """``n`` test indices with ``i % 10 == 1``, stratified by class."""
     pool = np.flatnonzero(np.arange(labels.size) % 10 == 1)

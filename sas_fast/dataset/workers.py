@@ -51,7 +51,6 @@ def start_workers() -> Workers:
     return Workers(rank, world, device, owns_group)
 
 
-
 @contextlib.contextmanager
 def claim(out: Path, workers: Workers):
     """Rank 0 holds ``out`` (:func:`~sas_fast.dataset.folder.owned_folder`) for the run; when it
