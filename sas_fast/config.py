@@ -46,6 +46,7 @@ class SaSConfig:
     lr: float = 0.05              # Adam learning rate on the pre-mask (ours; proto used SGD, lr unpublished)
     lr_decay: str = "none"        # none | cosine | linear | warmup-cosine: the factor on lr at iteration i,
                                   # SaSConfig.lr_factor (ours)
+    lr_end: float = 0.0           # the factor a decay ends at: it runs from 1 to lr_end (ours)
     betas: tuple = (0.9, 0.999)   # Adam's moment decays (torch's defaults)
     area_samples: int | None = None  # inner areas evaluated per iteration, stratified (None: all K - 2) (ours)
     area_sampling: str = "stratified"  # how the strata's areas are drawn: stratified | antithetic | balanced |
@@ -90,20 +91,23 @@ class SaSConfig:
         return dataclasses.replace(self, window=window, max_blur=max_blur)
 
     def lr_factor(self, iteration: int) -> float:
-        """The factor on ``lr`` at ``iteration`` i of n: 1 (``none``); ``(1 + cos(pi i / n)) / 2``
-        (``cosine``); ``1 - i / n`` (``linear``); ``warmup-cosine``: ``(i + 1) / w`` for the first
-        ``w = max(1, round(n / 10))`` iterations, then the cosine over the remaining ``n - w``."""
+        """The factor on ``lr`` at ``iteration`` i of n: 1 (``none``); ``e + (1 - e) d(i)`` with
+        ``e = lr_end`` and the decay ``d(i) = (1 + cos(pi i / n)) / 2`` (``cosine``), ``1 - i / n``
+        (``linear``); ``warmup-cosine``: ``(i + 1) / w`` for the first ``w = max(1, round(n / 10))``
+        iterations, then the cosine over the remaining ``n - w``."""
         n = self.iterations
         if self.lr_decay == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * iteration / n))
-        if self.lr_decay == "linear":
-            return 1 - iteration / n
-        if self.lr_decay == "warmup-cosine":
+            decay = 0.5 * (1 + math.cos(math.pi * iteration / n))
+        elif self.lr_decay == "linear":
+            decay = 1 - iteration / n
+        elif self.lr_decay == "warmup-cosine":
             warm = max(1, round(n / 10))
             if iteration < warm:
                 return (iteration + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * (iteration - warm) / max(1, n - warm)))
-        return 1.0
+            decay = 0.5 * (1 + math.cos(math.pi * (iteration - warm) / max(1, n - warm)))
+        else:
+            return 1.0
+        return self.lr_end + (1 - self.lr_end) * decay
 
     def sharpness_at(self, iteration: int) -> float:
         """The mask sharpness of ``iteration``: ``sharpness``, or with ``sharpness_start`` the
@@ -171,6 +175,11 @@ class SaSConfig:
             raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {LR_DECAYS}")
+        if not (is_real(self.lr_end) and 0 <= self.lr_end < 1):
+            raise ValueError(f"lr_end must be a number in [0, 1) (the factor on lr that the decay ends at), "
+                             f"got {self.lr_end!r}")
+        if self.lr_end and self.lr_decay == "none":
+            raise ValueError(f"lr_end={self.lr_end!r} needs a decay: lr_decay one of {LR_DECAYS[1:]}, got 'none'")
         if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
                 and all(is_real(b) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1) (Adam's moment decays), got {self.betas!r}")

@@ -84,6 +84,12 @@ FAMILIES = {
     "sample2-linear": {"area_samples": 2, "lr": 0.1, "lr_decay": "linear"},
     "sample2-cosine-b2": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "betas": (0.9, 0.99)},
     "sample2-cosine-b1": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "betas": (0.8, 0.999)},
+    # the fifth round: the learning rate kept up longer (a decay ending above 0), fixed before its results
+    "sample2-cosine-end0.5": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5},
+    "sample2-cosine-end0.25": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.25},
+    "sample2-const": {"area_samples": 2, "lr": 0.1},
+    "sample1-cosine-end0.5": {"area_samples": 1, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5},
+    "sample3-cosine-end0.5": {"area_samples": 3, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
