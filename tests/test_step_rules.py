@@ -1,4 +1,4 @@
-"""The learning-rate factors of ``lr_decay`` and Adam's ``betas``, as the optimiser applies them."""
+"""The learning-rate factors of ``lr_decay`` / ``lr_end`` and Adam's ``betas``, as the optimiser applies them."""
 import math
 
 import pytest
@@ -35,6 +35,38 @@ def test_the_optimiser_steps_at_each_decays_rate(decay, expected):
                          window=5, max_blur=2.0)
     rates, _ = _rates(config)
     assert rates == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("decay, end, expected", [
+    ("cosine", 0.5, [0.2 * (0.5 + 0.25 * (1 + math.cos(math.pi * i / 10))) for i in range(10)]),
+    ("linear", 0.25, [0.2 * (0.25 + 0.75 * (1 - i / 10)) for i in range(10)]),
+    ("warmup-cosine", 0.5, [0.2] + [0.2 * (0.5 + 0.25 * (1 + math.cos(math.pi * (i - 1) / 9)))
+                                    for i in range(1, 10)]),
+])
+def test_a_decay_ends_at_lr_end(decay, end, expected):
+    config = make_config(iterations=10, lr=0.2, lr_decay=decay, lr_end=end, num_masks=4, backend="reference",
+                         window=5, max_blur=2.0)
+    rates, _ = _rates(config)
+    assert rates == pytest.approx(expected)
+    # the factor one step past the run is where the decay ends
+    assert config.lr_factor(10) == pytest.approx(end)
+
+
+def test_lr_end_zero_is_the_plain_decay_bit_for_bit():
+    ended, plain = make_config(lr_decay="cosine", lr_end=0.0), make_config(lr_decay="cosine")
+    assert [ended.lr_factor(i) for i in range(200)] == [0.5 * (1 + math.cos(math.pi * i / 200)) for i in range(200)]
+    assert [ended.lr_factor(i) for i in range(200)] == [plain.lr_factor(i) for i in range(200)]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), "0.5"])
+def test_bad_lr_end_is_named(bad):
+    with pytest.raises(ValueError, match=r"lr_end must be a number in \[0, 1\)"):
+        make_config(lr_decay="cosine", lr_end=bad)
+
+
+def test_lr_end_without_a_decay_is_refused():
+    with pytest.raises(ValueError, match=r"lr_end=0.5 needs a decay: lr_decay one of \('cosine'"):
+        make_config(lr_end=0.5)
 
 
 def test_the_warm_up_rises_linearly_then_decays():
