@@ -115,6 +115,11 @@ def test_fast_sas_study_smoke(tmp_path, monkeypatch):
     assert {k: r["passes"] for k, r in data["results"].items()} == {"cut@36": 36, "sample3-cosine@36": 36}
     table = (tmp_path / "fast_evaluation_mnist_resnet8.md").read_text()
     assert re.search(r"\| sample3-cosine@36 \| 36 \| [0-9.-]+ ± [0-9.]+ \| [-+][0-9.]+ ± [0-9.]+ \([0-2]/2\)", table), table
+    # a rerun that runs nothing new (only its tables and rows) keeps the header of the runs made
+    data["header"] = "### the runs' header"
+    (tmp_path / "fast_evaluation_mnist_resnet8.json").write_text(json.dumps(data))
+    assert study.main(args + ["--methods", "sample3-cosine@36", "--reference", "cut@36"]) == 0
+    assert json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())["header"] == "### the runs' header"
     assert study.main(["--out", str(tmp_path), "--frontier", "sample3-cosine",
                        "--figure", str(tmp_path / "frontier.png")]) == 0
     assert (tmp_path / "frontier.png").stat().st_size > 10_000

@@ -196,7 +196,7 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
 
 
 #: the presets the study chose, by their study names
-PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-cosine@450": "fastest"}
+PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-cosine-end0.25@450": "fastest"}
 SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", "vgg16": "VGG16"}
 
 
@@ -322,9 +322,10 @@ def main(argv=None) -> int:
         indices = np.concatenate([data["indices"], more])
     new = indices[len(data["indices"]):] if args.more else indices
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", new)
-    data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
-                      f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
-                      f"{torch.get_num_threads()} threads)")
+    if args.more or any(name not in data["results"] for name in names):   # the header of the runs made
+        data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
+                          f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
+                          f"{torch.get_num_threads()} threads)")
     for name in names:
         if name in data["results"] and not args.more:
             continue
