@@ -57,12 +57,16 @@ def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch
     assert len(_rows(out / "evaluation_fast.jsonl")) == 3
     table = capsys.readouterr().out
     assert "N = 3" in table and "| fast | 12 |" in table and "(" in table.split("| fast |")[1]
-    # figure 4 and the compare grid from the rows; a map that is not kept is computed again
+    # figure 4 and the compare grid from the rows; a map that is not kept is computed again; rows
+    # under a name that is no preset or baseline (an earlier setting's, renamed) stay out of them
     (maps / "gradient" / f"{indices[0]:04d}.npy").unlink()
+    (out / "evaluation_sample2-cosine.jsonl").write_text((out / "evaluation_fast.jsonl").read_text())
     assert study.main(args + ["--figures", str(tmp_path / "figures"), "--grid", "2"]) == 0
     assert all((tmp_path / "figures" / f"imagenet_{name.replace('.', '_lite0.')}").stat().st_size > 10_000
                for name in ("curves.png", "compare_grid.jpg"))
     assert (maps / "gradient" / f"{indices[0]:04d}.npy").exists()
+    assert not (maps / "sample2-cosine").exists()
+    (out / "evaluation_sample2-cosine.jsonl").unlink()
     # the table as result rows (benchmarks/rows.py), the reference's row without a difference
     import benchmarks.rows
     monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "result_rows")

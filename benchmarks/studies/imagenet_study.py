@@ -164,10 +164,12 @@ def result_rows(out: Path, split: str, reference: str, model: str) -> list:
 def figures(args, source, model, device: torch.device) -> None:
     """Figure 4 (mean insertion / deletion curves of each method on the photos all share) and a
     compare grid of the first ``args.grid`` of those photos, from the rows in ``args.out``; a map
-    missing from ``args.maps`` is computed (and kept there)."""
+    missing from ``args.maps`` is computed (and kept there). Only the current presets and the
+    baselines are drawn: rows under another name (a preset's earlier setting, kept for the
+    table under its study family's name) could not be recomputed."""
     rows = {m: r for m, r in ((p.stem[len(args.split) + 1:], read_rows(p))
                               for p in sorted(args.out.glob(f"{args.split}_*.jsonl")))
-            if r and not m.startswith("cut@")}
+            if r and (m in PRESETS or m in BASELINES)}
     if not rows:
         raise SystemExit(f"no rows for split {args.split!r} in {args.out}")
     common = sorted(set.intersection(*(set(r) for r in rows.values())))
