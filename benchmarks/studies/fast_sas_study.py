@@ -322,13 +322,12 @@ def main(argv=None) -> int:
         indices = np.concatenate([data["indices"], more])
     new = indices[len(data["indices"]):] if args.more else indices
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", new)
-    if args.more or any(name not in data["results"] for name in names):   # the header of the runs made
+    todo = names if args.more else [name for name in names if name not in data["results"]]
+    if todo:                                        # the header says how the stored runs were made
         data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
                           f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
                           f"{torch.get_num_threads()} threads)")
-    for name in names:
-        if name in data["results"] and not args.more:
-            continue
+    for name in todo:
         start = time.perf_counter()
         outputs = run(name, model, images, labels, args.batch, args.precision)
         seconds = (time.perf_counter() - start) / len(images)
