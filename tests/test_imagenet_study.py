@@ -76,6 +76,16 @@ def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch
         [r["metric"] for r in written] == ["Overall, gradient", "Overall, fast"]
     assert all(r["setting"] == "EfficientNet-Lite0, N = 3" and r["commit"] for r in written)
     assert "Δ vs gradient" in next(r for r in written if r["metric"] == "Overall, fast")["value"]
+    # a method run on fewer photos (a run under way) shrinks the full table, not a report without it
+    (out / "evaluation_partial.jsonl").write_text((out / "evaluation_fast.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    assert study.main(args + ["--report"]) == 0
+    assert "N = 1" in capsys.readouterr().out
+    assert study.main(args + ["--report", "--methods", "fast"]) == 0      # the reference comes along
+    table = capsys.readouterr().out
+    assert "N = 3" in table and "| gradient |" in table and "partial" not in table
+    with pytest.raises(SystemExit, match="no rows of \\['nothing'\\]"):
+        study.main(args + ["--report", "--methods", "fast,nothing"])
     for bad in (["--batch", "0"], ["--shard", "2/2"], ["--shard", "x"]):
         with pytest.raises(SystemExit):
             study.main(args + bad)

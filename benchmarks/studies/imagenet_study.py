@@ -3,6 +3,7 @@
     python -m benchmarks.studies.imagenet_study --methods fast-imagenet,fast --n 64 --threads 1
     python -m benchmarks.studies.imagenet_study --methods gradient,guided_backprop,grad_cam --n 64
     python -m benchmarks.studies.imagenet_study --report                     # the table from the rows
+    python -m benchmarks.studies.imagenet_study --report --methods fast,fastest,cut@1800   # some of them
 
 Photos: a labelled folder (``labels.csv`` or the ImageFolder layout, :mod:`sas_fast.dataset.sources`;
 default the 500 photos of ``shared/data/imagenet_samples``), the ImageNet evaluation crop (short side
@@ -117,11 +118,21 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def report(out: Path, split: str, reference: str) -> str:
-    """Markdown table of every method in ``out`` on the photos all of them share, with paired
-    differences against ``reference``."""
+def stored_rows(out: Path, split: str, only=None) -> dict:
+    """``{method: {photo index: row}}`` of the rows files in ``out`` (``only``: just these methods)."""
     methods = {p.stem[len(split) + 1:]: read_rows(p) for p in sorted(out.glob(f"{split}_*.jsonl"))}
-    methods = {m: rows for m, rows in methods.items() if rows}
+    if only is not None:
+        missing = sorted(set(only) - set(methods))
+        if missing:
+            raise SystemExit(f"--methods: no rows of {missing} in {out}; there are {sorted(methods)}")
+        methods = {m: methods[m] for m in only}
+    return {m: rows for m, rows in methods.items() if rows}
+
+
+def report(out: Path, split: str, reference: str, only=None) -> str:
+    """Markdown table of every method in ``out`` (``only``: of these) on the photos all of them
+    share, with paired differences against ``reference``."""
+    methods = stored_rows(out, split, only)
     if not methods:
         return f"no rows for split {split!r} in {out}\n"
     common = sorted(set.intersection(*(set(rows) for rows in methods.values())))
@@ -143,11 +154,12 @@ def report(out: Path, split: str, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def result_rows(out: Path, split: str, reference: str, model: str) -> list:
+def result_rows(out: Path, split: str, reference: str, model: str, only=None) -> list:
     """Rows for ``benchmarks/results/rows/imagenet.jsonl`` (``benchmarks/rows.py``): every method's
-    Overall ± se, its cost, and its paired difference against ``reference``, on the shared photos."""
-    methods = {p.stem[len(split) + 1:]: read_rows(p) for p in sorted(out.glob(f"{split}_*.jsonl"))}
-    methods = {m: rows for m, rows in methods.items() if rows and not m.startswith("cut@")}
+    Overall ± se, its cost, and its paired difference against ``reference``, on the shared photos
+    (the ``cut@`` rows only when named in ``only``)."""
+    methods = {m: rows for m, rows in stored_rows(out, split, only).items()
+               if only is not None or not m.startswith("cut@")}
     common = sorted(set.intersection(*(set(rows) for rows in methods.values())))
     out_rows = []
     for m, rows in sorted(methods.items(), key=lambda kv: -np.mean([kv[1][i]["overall"] for i in common])):
@@ -210,7 +222,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, default=None,
                     help="labelled photo folder (default: the shared imagenet_samples, benchmarks/paths.py)")
-    ap.add_argument("--methods", default="fast-imagenet,fast")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated presets and baselines to run (default fast-imagenet,fast); with "
+                    "--report: only these methods' rows (default every method in --out)")
     ap.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     ap.add_argument("--n", type=int, default=64, help="photos of the split (default 64)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="SaS's model precision")
@@ -239,14 +253,16 @@ def main(argv=None) -> int:
     args.images = args.images or shared_dir() / "data" / "imagenet_samples"
     if args.batch < 1:
         ap.error(f"--batch must be an integer >= 1, got {args.batch}")
+    methods = [m.strip() for m in (args.methods or "fast-imagenet,fast").split(",") if m.strip()]
     if args.report:
-        print(report(args.out, args.split, args.reference))
+        only = None if args.methods is None else list(dict.fromkeys(methods + [args.reference]))
+        print(report(args.out, args.split, args.reference, only))
         if args.rows:
-            append_rows("imagenet", result_rows(args.out, args.split, args.reference, f"EfficientNet-Lite{args.lite}"))
+            append_rows("imagenet", result_rows(args.out, args.split, args.reference,
+                                                f"EfficientNet-Lite{args.lite}", only))
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in BASELINES and m not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}: a preset {sorted(PRESETS)} or a baseline "
