@@ -47,7 +47,8 @@ class SaSTrace:
     ``zero_gradient`` ``[B]`` bool, True for an image whose pre-mask got a zero gradient in every
     iteration (its map is the random start; a ``RuntimeWarning`` says so; None in a trace made
     by hand); ``precision`` the model precision used, ``"fp32"`` or ``"bf16"``, and
-    ``precision_reason`` why (``"requested"``, or what ``precision="auto"`` found, see
+    ``precision_reason`` why (``"requested"``, ``"requested; emulated: ..."`` for bf16 on a CPU
+    without it, or what ``precision="auto"`` found, see
     :mod:`sas_fast.precision`).
     """
 

@@ -1,5 +1,7 @@
 """``precision="auto"``: bf16 exactly where the device computes it natively, with the CPU and
 CUDA capability queries mocked."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -74,9 +76,14 @@ def test_cuda_needs_compute_capability_8(monkeypatch, capability, hip, expected)
 def test_other_devices_and_explicit_choices(cpu):
     cpu(AVX2_ONLY, "AVX2", False)
     assert resolve_precision("auto", "mps").precision == "fp32"
-    assert resolve_precision("bf16", "cpu") == ("bf16", "requested")   # asked for: emulated is allowed
+    with pytest.warns(UserWarning, match="emulated.*neither AVX512-BF16 nor AMX-BF16"):
+        choice = resolve_precision("bf16", "cpu")                   # asked for: emulated, but said so
+    assert choice.precision == "bf16" and choice.reason.startswith("requested; emulated")
     cpu(AMX)
-    assert resolve_precision("fp32", "cpu") == ("fp32", "requested")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("bf16", "cpu") == ("bf16", "requested")
+        assert resolve_precision("fp32", "cpu") == ("fp32", "requested")
 
 
 class AutocastProbe(nn.Module):
