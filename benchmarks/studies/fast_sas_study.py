@@ -123,7 +123,7 @@ def run(name, model, images, labels, batch, precision) -> dict:
     maps, snaps, passes = [], [], None
     for start in range(0, len(images), batch):
         sal, trace = sas_fast.attribute(model, images[start:start + batch], labels[start:start + batch],
-                                        precision=precision, return_trace=True, progress=False,
+                                        precision=precision, return_trace=True, progress=None,
                                         trace_iterations=trace_iterations, **options)
         maps.append(sal)
         snaps.append(trace.saliency)

@@ -46,12 +46,12 @@ def _run(method: str, model, image, target, precision: str, cut: int) -> dict:
     """``{row key: (map, passes, seconds)}`` of one method on one photo."""
     start = time.perf_counter()
     if method == "paper-imagenet":
-        paper, trace = sas_fast.attribute(model, image, target, preset="paper-imagenet", progress=False,
+        paper, trace = sas_fast.attribute(model, image, target, preset="paper-imagenet", progress=None,
                                           precision=precision, return_trace=True, trace_iterations=[cut])
         cut_passes = cut * make_config("paper-imagenet").passes_per_iteration()
         return {PAPER: (paper, int(trace.passes[0]), time.perf_counter() - start),
                 f"paper-imagenet cut at {cut} it.": (trace.saliency[0], cut_passes, None)}
-    saliency, trace = sas_fast.attribute(model, image, target, preset=method, progress=False,
+    saliency, trace = sas_fast.attribute(model, image, target, preset=method, progress=None,
                                          precision=precision, return_trace=True)
     return {method: (saliency, int(trace.passes[0]), time.perf_counter() - start)}
 

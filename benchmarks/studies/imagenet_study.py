@@ -71,7 +71,7 @@ def run_method(method: str, model, x: torch.Tensor, labels: list, precision: str
     cuts = ((1,) if quick else CUTS) if method == "fast-imagenet" else ()
     saliency, trace = sas_fast.attribute(model, x, labels, preset=method, precision=precision,
                                          backend=backend, return_trace=True, trace_iterations=cuts,
-                                         progress=False, **({"iterations": 2} if quick else {}))
+                                         progress=None, **({"iterations": 2} if quick else {}))
     per_iteration = make_config(method).passes_per_iteration()
     out = []
     for b in range(x.shape[0]):

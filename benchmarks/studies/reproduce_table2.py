@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
     def sas(x, t):
         sal, trace = sas_fast.attribute(model, x, t, iterations=args.iterations, backend=args.backend,
-                                        precision=args.precision, return_trace=True, progress=False, **options)
+                                        precision=args.precision, return_trace=True, progress=None, **options)
         traces.append(trace)
         return sal
 
