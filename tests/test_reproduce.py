@@ -120,6 +120,12 @@ def test_fast_sas_study_smoke(tmp_path, monkeypatch):
     (tmp_path / "fast_evaluation_mnist_resnet8.json").write_text(json.dumps(data))
     assert study.main(args + ["--methods", "sample3-cosine@36", "--reference", "cut@36"]) == 0
     assert json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())["header"] == "### the runs' header"
+    # rows of runs made in another precision than the studies' bf16 say so in their setting
+    data["precision"] = "fp32"
+    (tmp_path / "fast_evaluation_mnist_resnet8.json").write_text(json.dumps(data))
+    assert study.main(args + ["--methods", "sample3-cosine@36", "--reference", "cut@36", "--rows"]) == 0
+    settings = [json.loads(line)["setting"] for line in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()]
+    assert settings == ["MNIST / ResNet8, N = 2", "MNIST / ResNet8, N = 2, SaS fp32"]
     assert study.main(["--out", str(tmp_path), "--frontier", "sample3-cosine",
                        "--figure", str(tmp_path / "frontier.png")]) == 0
     assert (tmp_path / "frontier.png").stat().st_size > 10_000

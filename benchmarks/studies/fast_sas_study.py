@@ -202,14 +202,17 @@ SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", 
 
 def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) -> list:
     """Rows of ``benchmarks/results/rows/presets.jsonl`` (``benchmarks/rows.py``): each of ``methods``
-    paired against ``reference`` on the images both scored."""
+    paired against ``reference`` on the images both scored; the setting names the SaS model's
+    precision when the runs were not bf16 (the studies' precision)."""
     results, out = data["results"], []
+    precision = data.get("precision", "bf16")
+    suffix = "" if precision == "bf16" else f", SaS {precision}"
     for name in methods:
         if name == reference or name not in results or reference not in results:
             continue
         r = results[name]
         label = f"{PRESET_NAMES[name]} = {name}" if name in PRESET_NAMES else name
-        out.append({"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {len(r['overall'])}",
+        out.append({"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {len(r['overall'])}{suffix}",
                     "metric": f"{label} ({r['passes']:,} passes) − {reference}, Overall, paired",
                     "value": paired(r["overall"], results[reference]["overall"])})
     return out
@@ -327,6 +330,7 @@ def main(argv=None) -> int:
         data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
                           f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
                           f"{torch.get_num_threads()} threads)")
+        data["precision"] = args.precision
     for name in todo:
         start = time.perf_counter()
         outputs = run(name, model, images, labels, args.batch, args.precision)
