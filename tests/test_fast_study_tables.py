@@ -29,6 +29,14 @@ def test_fast_sas_study_pools_paired_differences_over_settings(tmp_path, monkeyp
     assert table.startswith("pooled over cifar10_vgg16, mnist_resnet8 (calibration images)")
     rows = [json.loads(r) for r in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()]
     assert [r["metric"] for r in rows] == ["a − ref, Overall, paired", "b − ref, Overall, paired"]
+    assert {r["setting"] for r in rows} == {"2 settings pooled, calibration images, N = 6"}
+    # runs made in fp32 (the precision a CPU without native bf16 gets) say so in the rows' setting
+    for name in ("mnist_resnet8", "cifar10_vgg16"):
+        path = tmp_path / f"fast_calibration_{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "precision": "fp32"}))
+    assert study.main(argv) == 0
+    rows = [json.loads(r) for r in (tmp_path / "rows" / "presets.jsonl").read_text().splitlines()][2:]
+    assert {r["setting"] for r in rows} == {"2 settings pooled, calibration images, N = 6, SaS fp32"}
 
 
 def test_paired_differences_read_mean_se_and_wins():

@@ -173,24 +173,27 @@ def markdown(data: dict, reference: str) -> str:
 def pooled(out: Path, split: str, reference: str) -> tuple:
     """(markdown table, rows): every method's paired Δ Overall against ``reference``, pooled over
     the settings' ``fast_<split>_*.json`` files in ``out`` that hold both (images paired within
-    their setting), best first; the adoption rules of ``benchmarks/studies/rules.md`` read it."""
-    settings, diffs = [], {}
+    their setting), best first; the adoption rules of ``benchmarks/studies/rules.md`` read it. The
+    rows' setting names the SaS precision of runs not in bf16, as :func:`result_rows` does."""
+    settings, diffs, precisions = [], {}, set()
     for path in sorted(out.glob(f"fast_{split}_*.json")):
-        results = json.loads(path.read_text())["results"]
+        data = json.loads(path.read_text())
+        results = data["results"]
         if reference not in results:
             continue
         settings.append(path.stem.replace(f"fast_{split}_", ""))
+        precisions.add(data.get("precision", "bf16"))
         for name, r in results.items():
             if name != reference:
                 diffs.setdefault(name, []).append(np.subtract(r["overall"], results[reference]["overall"]))
     lines = [f"pooled over {', '.join(settings)} ({split} images)", "",
              f"| method | settings | N | pooled paired Δ vs {reference} (wins) |", "| --- | --- | --- | --- |"]
-    rows = []
+    rows, suffix = [], "" if precisions <= {"bf16"} else f", SaS {'/'.join(sorted(precisions))}"
     pooled_diffs = [(name, np.concatenate(parts), len(parts)) for name, parts in diffs.items()]
     for name, d, count in sorted(pooled_diffs, key=lambda x: -x[1].mean()):
         value = paired(d, 0, digits=4)
         lines.append(f"| {name} | {count} | {d.size} | {value} |")
-        rows.append({"setting": f"{count} settings pooled, {split} images, N = {d.size}",
+        rows.append({"setting": f"{count} settings pooled, {split} images, N = {d.size}{suffix}",
                      "metric": f"{name} − {reference}, Overall, paired", "value": value})
     return "\n".join(lines) + "\n", rows
 
