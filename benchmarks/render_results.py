@@ -27,7 +27,9 @@ TOPICS = [
     ("presets", "Fewer model passes per image",
      "Presets chosen on held-out calibration images and reported on 64 evaluation images per setting, "
      "paired against the default (7,200 passes); rules: `benchmarks/studies/rules.md`; frontier figure "
-     "`docs/frontier.png`, tables `benchmarks/results/fast/`."),
+     "`docs/frontier.png`, tables `benchmarks/results/fast/`. SaS runs in bf16 unless the setting says "
+     "otherwise (\"SaS fp32\": the same preset run again in fp32 on the same images, "
+     "`benchmarks/results/fast_fp32/`)."),
     ("imagenet", "ImageNet at 224 px",
      "Real ImageNet photos (`shared/data/imagenet_samples`, fixed seeded order), ImageNet evaluation crop, "
      "true labels; SaS bf16, baselines and the game fp32; paired against `fast` on the photos every method "
