@@ -84,6 +84,8 @@ def test_imagenet_study_batches_shards_resumes_and_reports(tmp_path, monkeypatch
     assert study.main(args + ["--report", "--methods", "fast"]) == 0      # the reference comes along
     table = capsys.readouterr().out
     assert "N = 3" in table and "| gradient |" in table and "partial" not in table
+    assert study.main(args[:-2] + ["--report", "--methods", "fast"]) == 0   # no rows of fast-imagenet
+    assert "| fast |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no rows of \\['nothing'\\]"):
         study.main(args + ["--report", "--methods", "fast,nothing"])
     for bad in (["--batch", "0"], ["--shard", "2/2"], ["--shard", "x"]):

@@ -255,7 +255,8 @@ def main(argv=None) -> int:
         ap.error(f"--batch must be an integer >= 1, got {args.batch}")
     methods = [m.strip() for m in (args.methods or "fast-imagenet,fast").split(",") if m.strip()]
     if args.report:
-        only = None if args.methods is None else list(dict.fromkeys(methods + [args.reference]))
+        reference = [args.reference] if (args.out / f"{args.split}_{args.reference}.jsonl").exists() else []
+        only = None if args.methods is None else list(dict.fromkeys(methods + reference))
         print(report(args.out, args.split, args.reference, only))
         if args.rows:
             append_rows("imagenet", result_rows(args.out, args.split, args.reference,
