@@ -170,7 +170,10 @@ document.querySelectorAll("th button").forEach(button => button.onclick = () => 
 if (new URLSearchParams(location.search).has("check")) {{   // self-test: load all, sort by Overall, report
   const images = Array.from(document.images);
   images.forEach(img => img.loading = "eager");
-  Promise.all(images.map(img => img.decode().catch(() => null))).then(() => {{
+  // wait for each image's load event (fetches hold the browser's virtual time; decode() does not)
+  const loaded = img => img.complete ? Promise.resolve() : new Promise(done => {{
+    img.addEventListener("load", done); img.addEventListener("error", done); }});
+  Promise.all(images.map(loaded)).then(() => {{
     const order = () => Array.from(body.rows, row => Number(row.dataset.index));
     const before = order();
     document.getElementById("sort-overall").click();
