@@ -12,6 +12,7 @@ import pytest
 
 import benchmarks.rows
 from benchmarks.paths import shared_dir
+from sas_fast.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_dir()
@@ -140,14 +141,16 @@ def test_imagenet_fast_check_smoke(tmp_path, monkeypatch):
     monkeypatch.setitem(config.PRESETS, "paper-imagenet", config.SaSConfig(iterations=2))
     monkeypatch.setitem(config.PRESETS, "fast-imagenet", config.SaSConfig(iterations=2, area_samples=3))
     out = tmp_path / "imagenet.json"
-    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)]) == 0
+    # the pipeline under test, not bf16's numerics: bf16 only where the CPU runs it natively
+    native = ["--precision", resolve_precision("auto", "cpu").precision]
+    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)] + native) == 0
     rows = json.loads(out.read_text())["chelsea"]
     assert rows["paper-imagenet (800 it.)"]["spearman_vs_800"] == pytest.approx(1.0)
     assert rows["fast-imagenet"]["passes"] == 2 * 6 and -1 <= rows["fast-imagenet"]["spearman_vs_800"] <= 1
     # when fast-imagenet is the cut itself, the snapshot is scored and no second run is made
     monkeypatch.setitem(config.PRESETS, "fast-imagenet", config.SaSConfig(iterations=1))
     out.unlink()
-    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)]) == 0
+    assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out)] + native) == 0
     rows = json.loads(out.read_text())["chelsea"]
     assert rows["fast-imagenet"] == rows["paper-imagenet cut at 1 it."]
     assert rows["fast-imagenet"]["spearman_vs_fast_imagenet"] == pytest.approx(1.0)
@@ -155,7 +158,7 @@ def test_imagenet_fast_check_smoke(tmp_path, monkeypatch):
     # computed in its own process only
     monkeypatch.setitem(config.PRESETS, "fast", config.SaSConfig(iterations=2, area_samples=3))
     assert _script("imagenet_fast_check").main(["--cut", "1", "--out", str(out), "--methods",
-                                                "paper-imagenet,fast-imagenet,fast"]) == 0
+                                                "paper-imagenet,fast-imagenet,fast"] + native) == 0
     again = json.loads(out.read_text())["chelsea"]
     assert again["fast"]["passes"] == 2 * 6 and "spearman_vs_800" not in again["fast"]
     assert {k: again[k] for k in rows} == rows
