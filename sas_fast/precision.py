@@ -6,8 +6,8 @@ Native bf16 means:
 - CUDA: compute capability >= 8.0 (Ampere and later; ROCm devices all have it);
 - x86 CPU: the AVX512-BF16 or AMX-BF16 instructions (:func:`torch.cpu.get_capabilities`), with
   ATen's kernels dispatched to AVX-512 (not capped by ``ATEN_CPU_CAPABILITY``) and oneDNN allowed
-  to use bf16 (not capped by ``ONEDNN_MAX_CPU_ISA``). A CPU without them emulates bf16: 34-35 s per demo
-  iteration against 7-9 s in fp32 on a 2-core AVX2 CPU, so it gets fp32; ``"bf16"`` asked for
+  to use bf16 (not capped by ``ONEDNN_MAX_CPU_ISA``). A CPU without them emulates bf16: 38 s per demo
+  iteration against 2.3-3.4 s in fp32 on a 2-core AVX2 CPU (AMD EPYC), so it gets fp32; ``"bf16"`` asked for
   there still runs bf16 (to match results computed in bf16 elsewhere), with a warning that says why
   it is slow;
 - any other device: never.
@@ -56,8 +56,8 @@ def resolve_precision(precision: str, device: torch.device | str,
         why_not = cpu_bf16_reason() if precision == "bf16" and torch.device(device).type == "cpu" else None
         if why_not is None:
             return Precision(precision, "requested")
-        warnings.warn(f"precision='bf16' on this CPU is emulated ({why_not}): several times slower than "
-                      "'fp32' (34-35 s against 7-9 s per demo iteration on a 2-core AVX2 CPU); "
+        warnings.warn(f"precision='bf16' on this CPU is emulated ({why_not}): about ten times slower than "
+                      "'fp32' (38 s against 2.3-3.4 s per demo iteration on a 2-core AVX2 CPU); "
                       "precision='auto' picks fp32 here", stacklevel=3)
         return Precision("bf16", f"requested; emulated: {why_not}")
     device = torch.device(device)
