@@ -93,8 +93,8 @@ class SaSConfig:
     def lr_factor(self, iteration: int) -> float:
         """The factor on ``lr`` at ``iteration`` i of n: 1 (``none``); ``e + (1 - e) d(i)`` with
         ``e = lr_end`` and the decay ``d(i) = (1 + cos(pi i / n)) / 2`` (``cosine``), ``1 - i / n``
-        (``linear``); ``warmup-cosine``: ``(i + 1) / w`` for the first ``w = max(1, round(n / 10))``
-        iterations, then the cosine over the remaining ``n - w``."""
+        (``linear``) or, for ``warmup-cosine``, the cosine over the ``n - w`` iterations after a
+        warm-up of ``(i + 1) / w`` over the first ``w = max(1, round(n / 10))``."""
         n = self.iterations
         if self.lr_decay == "cosine":
             decay = 0.5 * (1 + math.cos(math.pi * iteration / n))
@@ -216,8 +216,8 @@ class SaSConfig:
 #: RESULTS.md``, "Fewer model passes per image". ``fastest`` (448 passes, 2 of 18 areas per iteration,
 #: a cosine decay that ends at 1/4 of lr) won the fifth of five rounds of 450-pass candidates on
 #: held-out 32-px images and then on the evaluation images (+0.003 over the decay to 0, pooled); it is
-#: within 0.01 of the default on CIFAR-10 / VGG16 and MNIST / ResNet8, 0.011 and 0.016 behind on
-#: CIFAR-10 / ResNet8 and MNIST / VGG16: the same section; rules in ``benchmarks/studies/rules.md``.
+#: within 0.01 of the default on two of the four settings per run (which two differs between a bf16
+#: and an fp32 run; 0.008 behind pooled): the same section; rules in ``benchmarks/studies/rules.md``.
 PRESETS = {
     "default": SaSConfig(),
     "paper-cifar": SaSConfig(iterations=200),       # paper section 4: MNIST, CIFAR-10/100

@@ -52,15 +52,15 @@ def resolve_precision(precision: str, device: torch.device | str,
     """``"fp32"`` / ``"bf16"`` as given (bf16 on a CPU that emulates it with a warning);
     ``"auto"`` -> bf16 where ``device`` runs it natively and the images (of ``dtype``) are
     float32, else fp32."""
+    device = torch.device(device)
     if precision != "auto":
-        why_not = cpu_bf16_reason() if precision == "bf16" and torch.device(device).type == "cpu" else None
+        why_not = cpu_bf16_reason() if precision == "bf16" and device.type == "cpu" else None
         if why_not is None:
             return Precision(precision, "requested")
         warnings.warn(f"precision='bf16' on this CPU is emulated ({why_not}): about ten times slower than "
                       "'fp32' (38 s against 2.3-3.4 s per demo iteration on a 2-core AVX2 CPU); "
                       "precision='auto' picks fp32 here", stacklevel=3)
         return Precision("bf16", f"requested; emulated: {why_not}")
-    device = torch.device(device)
     if dtype != torch.float32:
         return Precision("fp32", f"{dtype} images: the model runs in their dtype")
     if device.type == "cuda":

@@ -170,11 +170,16 @@ def markdown(data: dict, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def precision_suffix(precisions) -> str:
+    """What a row's setting adds for runs not in bf16 (the studies' precision): ``", SaS fp32"``."""
+    return "" if set(precisions) <= {"bf16"} else f", SaS {'/'.join(sorted(set(precisions)))}"
+
+
 def pooled(out: Path, split: str, reference: str) -> tuple:
     """(markdown table, rows): every method's paired Δ Overall against ``reference``, pooled over
     the settings' ``fast_<split>_*.json`` files in ``out`` that hold both (images paired within
     their setting), best first; the adoption rules of ``benchmarks/studies/rules.md`` read it. The
-    rows' setting names the SaS precision of runs not in bf16, as :func:`result_rows` does."""
+    rows' setting names the SaS precision of runs not in bf16 (:func:`precision_suffix`)."""
     settings, diffs, precisions = [], {}, set()
     for path in sorted(out.glob(f"fast_{split}_*.json")):
         data = json.loads(path.read_text())
@@ -188,7 +193,7 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
                 diffs.setdefault(name, []).append(np.subtract(r["overall"], results[reference]["overall"]))
     lines = [f"pooled over {', '.join(settings)} ({split} images)", "",
              f"| method | settings | N | pooled paired Δ vs {reference} (wins) |", "| --- | --- | --- | --- |"]
-    rows, suffix = [], "" if precisions <= {"bf16"} else f", SaS {'/'.join(sorted(precisions))}"
+    rows, suffix = [], precision_suffix(precisions)
     pooled_diffs = [(name, np.concatenate(parts), len(parts)) for name, parts in diffs.items()]
     for name, d, count in sorted(pooled_diffs, key=lambda x: -x[1].mean()):
         value = paired(d, 0, digits=4)
@@ -208,8 +213,7 @@ def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) ->
     paired against ``reference`` on the images both scored; the setting names the SaS model's
     precision when the runs were not bf16 (the studies' precision)."""
     results, out = data["results"], []
-    precision = data.get("precision", "bf16")
-    suffix = "" if precision == "bf16" else f", SaS {precision}"
+    suffix = precision_suffix({data.get("precision", "bf16")})
     for name in methods:
         if name == reference or name not in results or reference not in results:
             continue

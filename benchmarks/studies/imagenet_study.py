@@ -179,9 +179,7 @@ def figures(args, source, model, device: torch.device) -> None:
     missing from ``args.maps`` is computed (and kept there). Only the current presets and the
     baselines are drawn: rows under another name (a preset's earlier setting, kept for the
     table under its study family's name) could not be recomputed."""
-    rows = {m: r for m, r in ((p.stem[len(args.split) + 1:], read_rows(p))
-                              for p in sorted(args.out.glob(f"{args.split}_*.jsonl")))
-            if r and (m in PRESETS or m in BASELINES)}
+    rows = {m: r for m, r in stored_rows(args.out, args.split).items() if m in PRESETS or m in BASELINES}
     if not rows:
         raise SystemExit(f"no rows for split {args.split!r} in {args.out}")
     common = sorted(set.intersection(*(set(r) for r in rows.values())))
