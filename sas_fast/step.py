@@ -104,13 +104,17 @@ class StepResult:
 
 class StepConstants:
     """What every step of a run reuses, built once: the default areas (the K - 2 inner areas
-    ``k / (K - 1)``) and, per number K' of evaluated areas, ``rows`` ``[B M K']`` (the explained
-    image of each masked image) and ``sign`` ``B x M x K'`` (each score's sign in the loss)."""
+    ``k / (K - 1)``), per number K' of evaluated areas ``rows`` ``[B M K']`` (the explained
+    image of each masked image) and ``sign`` ``B x M x K'`` (each score's sign in the loss), and
+    the model input's memory layout: ``channels_last`` with a bf16 model and on the CPU in any
+    precision (fp32 convolutions 1.15-1.45x faster on an AVX2 CPU, RESULTS.md "Speed on the CPU"),
+    until a model refuses it (:func:`model_scores`)."""
 
     def __init__(self, premask: torch.Tensor, objective: Objective, config: SaSConfig):
         self.batch, self.device, self.modes = premask.shape[0], premask.device, mode_names(config.mode)
         self.areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
         self.mode_sign = [objective.sign[m] for m in self.modes]
+        self.channels_last = config.precision == "bf16" or premask.device.type == "cpu"
         self._rows_and_sign = {}
 
     def rows_and_sign(self, num_areas: int) -> tuple:
@@ -148,13 +152,13 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     areas = constants.areas if areas is None else areas
     b, modes = premask.shape[0], constants.modes
     rows, sign = constants.rows_and_sign(areas.numel())
-    bf16 = config.precision == "bf16"
     schedule = ops.smooth_softmax_pool(premask, config.window, config.beta, backend=backend)
     thresholds = ops.solve_thresholds(schedule, areas, config.sharpness, thresholds,
                                       tol=config.threshold_tol, max_iter=config.threshold_max_iter,
                                       backend=backend)
     images = ops.masked_images(schedule, thresholds, pyramid, config.sharpness, config.mode,
-                               config.implicit_grad, channels_last=bf16, backend=backend)
+                               config.implicit_grad, channels_last=constants.channels_last,
+                               backend=backend)
     batch = images.detach().flatten(0, 1)                  # (B M K') x C x H x W, the model's input
 
     chunk = config.max_batch or batch.shape[0]
@@ -162,10 +166,8 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     scores, grads = [], []
     for start in range(0, batch.shape[0], chunk):
         part = slice(start, start + chunk)
-        x = (batch if chunk >= batch.shape[0] else batch[part]).requires_grad_(True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16,
-                            cache_enabled=not config.cuda_graph):
-            s = objective.scores(x, rows[part]).float()
+        x, s = model_scores(objective, batch if chunk >= batch.shape[0] else batch[part], rows[part],
+                            config, constants)
         if s.requires_grad:                                 # else the scores ignore the input
             s.backward(flat_sign[part])                     # d (sum sign * s) / d x
         scores.append(s.detach())
@@ -181,6 +183,25 @@ def sas_step(premask: torch.Tensor, pyramid: torch.Tensor, objective: Objective,
     loss = scores.flatten(1).mv(sign[0].flatten())          # sum_{m, k} sign_mk z_bmk, one op
     return StepResult(loss=loss, scores={m: scores[:, i] for i, m in enumerate(modes)},
                       thresholds=thresholds)
+
+
+def model_scores(objective: Objective, x: torch.Tensor, rows: torch.Tensor, config: SaSConfig,
+                 constants: StepConstants) -> tuple:
+    """``(x, scores)``: the model's scores of the masked images ``x`` (made a leaf that
+    requires grad), under bf16 autocast if ``config.precision`` is bf16. A model that cannot
+    take a channels-last input (a ``.view`` after a convolution, say) gets the images in the
+    default layout instead, for this call and the rest of the run; an error it raises in that
+    layout too is the model's own and goes to the caller."""
+    for last_try in (not constants.channels_last or x.is_contiguous(), True):
+        x = x.detach().contiguous().requires_grad_(True) if last_try else x.requires_grad_(True)
+        try:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
+                                cache_enabled=not config.cuda_graph):
+                return x, objective.scores(x, rows).float()
+        except RuntimeError:
+            if last_try:
+                raise
+            constants.channels_last = False
 
 
 def per_area_gradients(images: torch.Tensor, schedule: torch.Tensor, grad: torch.Tensor,

@@ -89,11 +89,13 @@ def bench(model_name: str, size: int, b: int, precision: str, args, device: torc
     masked = torch.rand(n_images, 3, size, size, device=device)
     rows = torch.arange(b, device=device).repeat_interleave(n_images // b)
 
+    channels_last = bf16 or device.type == "cpu"      # the step's layout (sas_fast.step.StepConstants)
+
     def cnn():
         for start in range(0, n_images, max_batch):
             x = masked[start:start + max_batch].requires_grad_(True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                x_in = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+                x_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
                 score = model(x_in).float().gather(1, target[rows[start:start + max_batch]].unsqueeze(1))
             score.sum().backward()
 
