@@ -71,8 +71,8 @@ class SaSConfig:
                                   # a GPU, sized by the model's measured activations on a CPU: ours,
                                   # sas_fast/cpu_memory.py; see above)
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
-    precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast + channels-last; masks stay
-                                  # fp32); auto: bf16 where the device computes it natively (ours, precision.py)
+    precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast; masks stay fp32);
+                                  # auto: bf16 where the device computes it natively (ours, precision.py)
     cuda_graph: bool = False      # replay each iteration from one CUDA graph (CUDA + triton backend only)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 
