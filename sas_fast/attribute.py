@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .checks import (FiniteWatch, autograd_on, check_images, guarded_model, model_logits, outside_inference,
-                     resolve_layer, resolve_target)
+                     resolve_layer, resolve_target, warn_caller)
 from .config import SaSConfig, make_config
 from .cpu_memory import MALLOC_ENV, default_max_batch, tune_malloc
 from .fits import check_fits
@@ -153,8 +152,8 @@ def run_sas(model: nn.Module, images: torch.Tensor, target=None, *, layer=None,
     args = additional_forward_args
     args = () if args is None else tuple(args) if isinstance(args, (tuple, list)) else (args,)
     if any(m.training for m in model.modules()):
-        warnings.warn("the model is in train mode; SaS evaluates it in eval mode (BatchNorm, dropout) "
-                      "and restores train mode afterwards", stacklevel=3)
+        warn_caller("the model is in train mode; SaS evaluates it in eval mode (BatchNorm, dropout) "
+                    "and restores train mode afterwards")
 
     with autograd_on(model), guarded_model(model):
         images = outside_inference(images.detach())
@@ -214,10 +213,10 @@ def _optimise(objective: Objective, images: torch.Tensor, config: SaSConfig, bud
         watch.check()
     zero_gradient = ~moved.cpu()
     if bool(zero_gradient.any()):
-        warnings.warn(f"image(s) {zero_gradient.nonzero().flatten().tolist()} got a zero gradient in every "
-                      f"one of {done} iterations: the model's score does not depend on the masked image "
-                      f"(or sharpness={config.sharpness:g} makes every mask binary), so their map is the "
-                      "random start, not an explanation", RuntimeWarning, stacklevel=4)
+        warn_caller(f"image(s) {zero_gradient.nonzero().flatten().tolist()} got a zero gradient in every "
+                    f"one of {done} iterations: the model's score does not depend on the masked image "
+                    f"(or sharpness={config.sharpness:g} makes every mask binary), so their map is the "
+                    "random start, not an explanation", RuntimeWarning)
     saliency = _saliency(premask, config)
     if not return_trace:
         return saliency, None

@@ -2,15 +2,18 @@
 deletion game: every bad input gets one ``ValueError`` naming the argument, the value and
 what is allowed, before any work is done; the guard that puts the caller's model in eval
 mode with frozen parameters and restores it (and refuses a second thread on a model in use);
-and a watch for non-finite scores during a SaS run.
+a watch for non-finite scores during a SaS run; and :func:`warn_caller`, a warning that points at
+the caller's line.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import numbers
+import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,15 @@ FINITE_CHECK_EVERY = 25
 #: seeds are 64-bit unsigned integers (what ``torch.Generator.manual_seed`` and NumPy's
 #: ``SeedSequence`` both take)
 SEED_MAX = 2 ** 64 - 1
+
+
+def warn_caller(message: str, category: type = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside this package: the caller's own
+    line, however deep in sas_fast the warning was raised (Python 3.12's ``skip_file_prefixes``)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "sas_fast":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def is_int(value) -> bool:

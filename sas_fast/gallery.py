@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checks import warn_caller
 from .dataset.chunks import MERGED, merge, read_json
 from .dataset.folder import MANIFEST, read_manifest
 from .dataset.errors import DatasetRunError
@@ -95,8 +95,8 @@ def _viewer(config: dict):
     try:
         _, preprocess = resolve_model(config["model"])
     except (ValueError, ImportError, OSError, RuntimeError) as err:
-        warnings.warn(f"cannot load model {config['model']!r} here ({err}); the gallery shows the "
-                      "stored images, not the model's preprocessed input", stacklevel=3)
+        warn_caller(f"cannot load model {config['model']!r} here ({err}); the gallery shows the "
+                    "stored images, not the model's preprocessed input")
         return lambda index: _stored_view(source.load(index))
     return lambda index: _model_view(preprocess, source.load(index))
 

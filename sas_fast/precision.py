@@ -17,10 +17,11 @@ bfloat16 images come with a model already converted to that dtype.
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
+
+from .checks import warn_caller
 
 
 class Precision(NamedTuple):
@@ -57,9 +58,9 @@ def resolve_precision(precision: str, device: torch.device | str,
         why_not = cpu_bf16_reason() if precision == "bf16" and device.type == "cpu" else None
         if why_not is None:
             return Precision(precision, "requested")
-        warnings.warn(f"precision='bf16' on this CPU is emulated ({why_not}): about ten times slower than "
-                      "'fp32' (38 s against 2.3-3.4 s per demo iteration on a 2-core AVX2 CPU); "
-                      "precision='auto' picks fp32 here", stacklevel=3)
+        warn_caller(f"precision='bf16' on this CPU is emulated ({why_not}): about ten times slower than "
+                    "'fp32' (38 s against 2.3-3.4 s per demo iteration on a 2-core AVX2 CPU); "
+                    "precision='auto' picks fp32 here")
         return Precision("bf16", f"requested; emulated: {why_not}")
     if dtype != torch.float32:
         return Precision("fp32", f"{dtype} images: the model runs in their dtype")

@@ -347,8 +347,9 @@ def test_train_mode_model_is_evaluated_in_eval_mode_and_restored():
     model.norm.train(False)
     model.head.bias.requires_grad_(False)
     before = _state(model)
-    with pytest.warns(UserWarning, match="train mode"):
+    with pytest.warns(UserWarning, match="train mode") as record:
         sal = attribute(model, textured_images(), 0, iterations=3)
+    assert [r.filename for r in record if "train mode" in str(r.message)] == [__file__]    # the caller's line
     assert _state(model) == before
     eval_sal = attribute(TextureDetector().eval(), textured_images(), 0, iterations=3)
     torch.testing.assert_close(sal, eval_sal)        # dropout and batch statistics were off

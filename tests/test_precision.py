@@ -86,6 +86,13 @@ def test_other_devices_and_explicit_choices(cpu):
         assert resolve_precision("fp32", "cpu") == ("fp32", "requested")
 
 
+def test_the_emulation_warning_points_at_the_callers_line(cpu):
+    cpu(AVX2_ONLY, "AVX2", False)
+    with pytest.warns(UserWarning, match="emulated") as record:
+        attribute(AutocastProbe().eval(), torch.randn(1, 3, 8, 8), 0, iterations=1, window=3, precision="bf16")
+    assert [r.filename for r in record if "emulated" in str(r.message)] == [__file__]
+
+
 class AutocastProbe(nn.Module):
     """Records whether each forward ran under CPU bf16 autocast."""
 

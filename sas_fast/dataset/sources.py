@@ -19,12 +19,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..checks import warn_caller
 from ..images import read_rgb
 from .errors import DatasetRunError
 
@@ -61,10 +61,10 @@ class FolderSource:
         classes = sorted({name.split("/")[0] for name in self.names if "/" in name})
         if classes and all(WNID.fullmatch(c) for c in classes) and all("/" in n for n in self.names):
             if len(classes) != IMAGENET_CLASSES:
-                warnings.warn(f"{root}: ImageFolder layout with {len(classes)} class folders, not "
-                              f"{IMAGENET_CLASSES}: class indices are positions among these sorted "
-                              f"WNIDs; for a subset of ImageNet give a {LABELS_CSV} with the "
-                              "ImageNet class indices", stacklevel=3)
+                warn_caller(f"{root}: ImageFolder layout with {len(classes)} class folders, not "
+                            f"{IMAGENET_CLASSES}: class indices are positions among these sorted "
+                            f"WNIDs; for a subset of ImageNet give a {LABELS_CSV} with the "
+                            "ImageNet class indices")
             index = {wnid: i for i, wnid in enumerate(classes)}
             self.labels = np.array([index[n.split("/")[0]] for n in self.names], dtype=np.int64)
             self.layout = "imagefolder"

@@ -16,13 +16,12 @@ one CPU thread: about as fast as scipy at 224 x 224, faster at 32 x 32 in batche
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checks import is_real
+from ..checks import is_real, warn_caller
 
 AXIAL, DIAGONAL = 1.0 / 6.0, 1.0 / 12.0
 SOLVERS = ("auto", "scipy", "torch")
@@ -278,8 +277,8 @@ def _solve_torch(images: torch.Tensor, keep: torch.Tensor, tol: float = 1e-7, sm
         if defect < tol:
             break
         if step == refine:
-            warnings.warn(f"NLI solver stopped after {refine} refinements at defect {defect:.1e} > "
-                          f"{tol:.0e}", stacklevel=3)
+            warn_caller(f"NLI solver stopped after {refine} refinements at defect {defect:.1e} > "
+                        f"{tol:.0e}")
         else:
             u = u + pcg(12 * r.float(), max(tol, defect * 1e-5)).to(u.dtype)
     return (x + u)[..., :h, :w]

@@ -13,12 +13,11 @@ and the checklists for adding an op or a backend: ``sas_fast/ops/README.md``.
 from __future__ import annotations
 
 import importlib
-import warnings
 import weakref
 
 import torch
 
-from ..checks import is_int, is_real
+from ..checks import is_int, is_real, warn_caller
 from . import reference
 
 BACKENDS = ("reference", "triton", "cpp")
@@ -76,9 +75,9 @@ def _warn_reference_fallback(reason: str) -> None:
     global _FALLBACK_WARNED
     if not _FALLBACK_WARNED:
         _FALLBACK_WARNED = True
-        warnings.warn(f"sas_fast: backend='auto' uses the slow reference ops on CPU ({reason}); "
-                      "build the C++ kernels with `pip install --no-build-isolation -e .`",
-                      RuntimeWarning, stacklevel=4)
+        warn_caller(f"sas_fast: backend='auto' uses the slow reference ops on CPU ({reason}); "
+                    "build the C++ kernels with `pip install --no-build-isolation -e .`",
+                    RuntimeWarning)
 
 
 def _impl(op: str, backend: str, device: torch.device, dtype: torch.dtype):
