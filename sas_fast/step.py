@@ -191,13 +191,15 @@ def model_scores(objective: Objective, x: torch.Tensor, rows: torch.Tensor, conf
     requires grad), under bf16 autocast if ``config.precision`` is bf16. A model that cannot
     take a channels-last input (a ``.view`` after a convolution, say) gets the images in the
     default layout instead, for this call and the rest of the run; an error it raises in that
-    layout too is the model's own and goes to the caller."""
+    layout too, or running out of memory, is the caller's to see."""
     for last_try in (not constants.channels_last or x.is_contiguous(), True):
         x = x.detach().contiguous().requires_grad_(True) if last_try else x.requires_grad_(True)
         try:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
                                 cache_enabled=not config.cuda_graph):
                 return x, objective.scores(x, rows).float()
+        except torch.cuda.OutOfMemoryError:
+            raise                                           # not the layout's fault
         except RuntimeError:
             if last_try:
                 raise

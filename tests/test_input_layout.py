@@ -85,3 +85,19 @@ def test_one_channel_images_need_no_second_try():
         step.model_scores(Objective(), torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), config,
                           constants)
     assert len(calls) == 1 and constants.channels_last
+
+
+def test_running_out_of_memory_is_not_taken_for_a_layout_refusal():
+    constants = type("C", (), {"channels_last": True})()
+    calls = []
+
+    class Objective:
+        def scores(self, x, rows):
+            calls.append(x.is_contiguous())
+            raise torch.cuda.OutOfMemoryError("out of memory")
+
+    config = sas_fast.config.SaSConfig(precision="fp32")
+    x = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        step.model_scores(Objective(), x, torch.zeros(4, dtype=torch.long), config, constants)
+    assert calls == [False] and constants.channels_last     # one try, channels-last kept
