@@ -34,7 +34,8 @@ TOPICS = [
      "Real ImageNet photos (`shared/data/imagenet_samples`, fixed seeded order), ImageNet evaluation crop, "
      "true labels; SaS bf16, baselines and the game fp32; paired against `fast` on the photos every method "
      "shares; rows per photo in `benchmarks/results/imagenet*/`, figures `docs/imagenet_*`. `fast-imagenet` "
-     "and Extremal Perturbation at N >= 64 need a GPU (`benchmarks/GPU.md`)."),
+     "(7,200 passes, about 530 CPU-seconds a photo in fp32 on an AVX2 CPU) has rows on part of the 64 photos "
+     "so far; Extremal Perturbation at N >= 64 needs a GPU (`benchmarks/GPU.md`)."),
     ("speed", "Speed on the CPU",
      "The model is most of every iteration on a CPU; the mask pipeline's own time and the kernels' ratios "
      "against the eager reference, measured in the same run."),

@@ -107,7 +107,7 @@ class StepConstants:
     ``k / (K - 1)``), per number K' of evaluated areas ``rows`` ``[B M K']`` (the explained
     image of each masked image) and ``sign`` ``B x M x K'`` (each score's sign in the loss), and
     the model input's memory layout: ``channels_last`` with a bf16 model and on the CPU in any
-    precision (fp32 convolutions 1.15-1.45x faster on an AVX2 CPU, RESULTS.md "Speed on the CPU"),
+    precision (fp32 SaS iterations 1.18-1.34x faster on an AVX2 CPU, RESULTS.md "Speed on the CPU"),
     until a model refuses it (:func:`model_scores`)."""
 
     def __init__(self, premask: torch.Tensor, objective: Objective, config: SaSConfig):
