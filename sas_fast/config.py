@@ -73,6 +73,7 @@ class SaSConfig:
     backend: str = "auto"         # ops backend: auto | reference | triton | cpp
     precision: str = "auto"       # model precision: auto | fp32 | bf16 (autocast; masks stay fp32);
                                   # auto: bf16 where the device computes it natively (ours, precision.py)
+    channels_last: bool | None = None  # model input layout; None: channels-last with bf16 and on a CPU (ours)
     cuda_graph: bool = False      # replay each iteration from one CUDA graph (CUDA + triton backend only)
     trace_iterations: tuple = field(default=())  # iterations whose mask scores are recorded (return_trace)
 
@@ -169,6 +170,8 @@ class SaSConfig:
         for name in ("implicit_grad", "cuda_graph", "control_variate"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ValueError(f"channels_last must be True, False or None, got {self.channels_last!r}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         if not (is_real(self.init_scale) and self.init_scale > 0):

@@ -102,19 +102,27 @@ class StepResult:
     thresholds: torch.Tensor
 
 
+def input_channels_last(config: SaSConfig, device: torch.device) -> bool:
+    """Whether the masked images reach the model channels-last: ``config.channels_last``, or if
+    None, with a bf16 model and on the CPU in any precision."""
+    if config.channels_last is not None:
+        return config.channels_last
+    return config.precision == "bf16" or device.type == "cpu"
+
+
 class StepConstants:
     """What every step of a run reuses, built once: the default areas (the K - 2 inner areas
     ``k / (K - 1)``), per number K' of evaluated areas ``rows`` ``[B M K']`` (the explained
     image of each masked image) and ``sign`` ``B x M x K'`` (each score's sign in the loss), and
-    the model input's memory layout: ``channels_last`` with a bf16 model and on the CPU in any
-    precision (fp32 SaS iterations 1.18-1.34x faster on an AVX2 CPU, RESULTS.md "Speed on the CPU"),
-    until a model refuses it (:func:`model_scores`)."""
+    the model input's memory layout (``config.channels_last``; by default channels-last with a
+    bf16 model and on the CPU in any precision: fp32 SaS iterations 1.18-1.34x faster on an AVX2
+    CPU, RESULTS.md "Speed on the CPU"), until a model refuses it (:func:`model_scores`)."""
 
     def __init__(self, premask: torch.Tensor, objective: Objective, config: SaSConfig):
         self.batch, self.device, self.modes = premask.shape[0], premask.device, mode_names(config.mode)
         self.areas = mask_areas(config.num_masks, premask.dtype, premask.device)[1:-1]
         self.mode_sign = [objective.sign[m] for m in self.modes]
-        self.channels_last = config.precision == "bf16" or premask.device.type == "cpu"
+        self.channels_last = input_channels_last(config, premask.device)
         self._rows_and_sign = {}
 
     def rows_and_sign(self, num_areas: int) -> tuple:

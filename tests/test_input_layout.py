@@ -101,3 +101,15 @@ def test_running_out_of_memory_is_not_taken_for_a_layout_refusal():
     with pytest.raises(torch.cuda.OutOfMemoryError):
         step.model_scores(Objective(), x, torch.zeros(4, dtype=torch.long), config, constants)
     assert calls == [False] and constants.channels_last     # one try, channels-last kept
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.0])
+def test_channels_last_must_be_a_bool_or_none(value):
+    with pytest.raises(ValueError, match="channels_last must be True, False or None"):
+        sas_fast.config.SaSConfig(channels_last=value).validate()
+
+
+def test_channels_last_false_keeps_the_default_layout_on_the_cpu():
+    model = Net("reshape")
+    run(model, channels_last=False)
+    assert set(model.layouts) == {"contiguous"}

@@ -37,7 +37,7 @@ from sas_fast.iteration import WARMUP, IterationRunner
 from sas_fast.models.cifar import resnet8, vgg16_features
 from sas_fast.ops import reference
 from sas_fast.precision import cpu_capability
-from sas_fast.step import Objective, sas_step
+from sas_fast.step import Objective, input_channels_last, sas_step
 
 RUN_ITERATIONS = {32: 200, 224: 800}
 
@@ -89,7 +89,7 @@ def bench(model_name: str, size: int, b: int, precision: str, args, device: torc
     masked = torch.rand(n_images, 3, size, size, device=device)
     rows = torch.arange(b, device=device).repeat_interleave(n_images // b)
 
-    channels_last = bf16 or device.type == "cpu"      # the step's layout (sas_fast.step.StepConstants)
+    channels_last = input_channels_last(base, device)      # the step's layout
 
     def cnn():
         for start in range(0, n_images, max_batch):

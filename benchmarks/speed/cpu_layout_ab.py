@@ -1,7 +1,7 @@
 """The model's input layout on the CPU: NCHW against channels-last, paired A/B of whole SaS runs.
 
-SaS feeds the masked images to the model channels-last on the CPU in every precision
-(:class:`sas_fast.step.StepConstants`); ``nchw`` forces the default layout instead. Each setting
+SaS feeds the masked images to the model channels-last on the CPU in every precision (the
+default ``channels_last=None``); ``nchw`` runs ``channels_last=False`` instead. Each setting
 runs ``attribute`` for ``--iterations`` iterations in fp32, NCHW and channels-last in turn
 (``--pairs`` pairs, order alternating, after one unrecorded run of each): the paper's ResNet8 and
 VGG16 on ``--images`` CIFAR-10 test images (32 px) and the bundled EfficientNet-Lite0 on one
@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from benchmarks.paths import shared_dir
 from benchmarks.rows import append as append_rows
-from sas_fast import attribute, step
+from sas_fast import attribute
 from sas_fast.models import efficientnet_lite0, load_npz_dataset, load_paper_model
 from sas_fast.precision import cpu_capability
 
@@ -40,21 +39,10 @@ def settings(args) -> list:
 
 def timed_run(model, images, target, iterations: int, layout: str) -> tuple:
     """``(seconds per iteration, map)`` of one run with the model input in ``layout``."""
-    build = step.StepConstants.__init__
-
-    def nchw(self, *a, **kw):
-        build(self, *a, **kw)
-        self.channels_last = False
-
-    if layout == "nchw":
-        step.StepConstants.__init__ = nchw
-    try:
-        start = time.perf_counter()
-        saliency = attribute(model, images, target, iterations=iterations, precision="fp32", seed=0,
-                             progress=False)
-        return (time.perf_counter() - start) / iterations, saliency
-    finally:
-        step.StepConstants.__init__ = build
+    start = time.perf_counter()
+    saliency = attribute(model, images, target, iterations=iterations, precision="fp32", seed=0,
+                         progress=False, channels_last=layout == "channels_last")
+    return (time.perf_counter() - start) / iterations, saliency
 
 
 def main(argv=None) -> int:
@@ -68,7 +56,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.shared = shared_dir(args.shared)
     torch.set_num_threads(args.threads)
-    warnings.simplefilter("ignore", UserWarning)            # the models' train-mode notes
     print(f"CPU {cpu_capability()}, {args.threads} threads, fp32, {args.iterations} iterations per run")
     rows = []
     for name, model, images, target in settings(args):
