@@ -7,7 +7,7 @@ Native bf16 means:
 - x86 CPU: the AVX512-BF16 or AMX-BF16 instructions (:func:`torch.cpu.get_capabilities`), with
   ATen's kernels dispatched to AVX-512 (not capped by ``ATEN_CPU_CAPABILITY``) and oneDNN allowed
   to use bf16 (not capped by ``ONEDNN_MAX_CPU_ISA``). A CPU without them emulates bf16: 38 s per demo
-  iteration against 2.0-3.4 s in fp32 on a 2-core AVX2 CPU (AMD EPYC), so it gets fp32; ``"bf16"`` asked for
+  iteration against 2-3.4 s in fp32 on a 2-core AVX2 CPU (AMD EPYC), so it gets fp32; ``"bf16"`` asked for
   there still runs bf16 (to match results computed in bf16 elsewhere), with a warning that says why
   it is slow;
 - any other device: never.
@@ -59,7 +59,7 @@ def resolve_precision(precision: str, device: torch.device | str,
         if why_not is None:
             return Precision(precision, "requested")
         warn_caller(f"precision='bf16' on this CPU is emulated ({why_not}): about ten times slower than "
-                    "'fp32' (38 s against 2.0-3.4 s per demo iteration on a 2-core AVX2 CPU); "
+                    "'fp32' (38 s against 2-3.4 s per demo iteration on a 2-core AVX2 CPU); "
                     "precision='auto' picks fp32 here")
         return Precision("bf16", f"requested; emulated: {why_not}")
     if dtype != torch.float32:
