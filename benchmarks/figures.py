@@ -24,6 +24,8 @@ from sas_fast.models import efficientnet_lite0, preprocess_imagenet
 from sas_fast.viz import attribution_grid
 
 LAYERS = ["_blocks.3", "_blocks.8", "_blocks.15", "_conv_head"]
+#: the schedule of the figures: the 7,200-pass one (all 18 areas every iteration), cut to --iterations
+PRESET = "fast-imagenet"
 
 
 def main(argv=None) -> int:
@@ -41,15 +43,16 @@ def main(argv=None) -> int:
         for name in names:
             paths.append(str(Path(tmp) / f"{name}.png"))
             Image.fromarray(getattr(skimage.data, name)()).save(paths[-1])
-        cli_main(["compare", *paths, "--iterations", str(args.iterations), "--precision", args.precision,
+        cli_main(["compare", *paths, "--preset", PRESET, "--iterations", str(args.iterations),
+                  "--precision", args.precision,
                   "--out", str(args.out / "compare_grid.png")])
 
     photo = getattr(skimage.data, names[0])()
     model = efficientnet_lite0()
     x, shown = preprocess_imagenet(photo)
-    maps = [sas_fast.attribute(model, x, layer=layer, iterations=args.iterations, precision=args.precision,
-                               progress=True)[0] for layer in LAYERS]
-    maps.append(sas_fast.attribute(model, x, iterations=args.iterations, precision=args.precision,
+    maps = [sas_fast.attribute(model, x, layer=layer, preset=PRESET, iterations=args.iterations,
+                               precision=args.precision, progress=True)[0] for layer in LAYERS]
+    maps.append(sas_fast.attribute(model, x, preset=PRESET, iterations=args.iterations, precision=args.precision,
                                    progress=True)[0])
     attribution_grid([np.asarray(shown)], [maps], LAYERS + ["class (logit)"],
                      args.out / "feature_saliency.png", row_titles=[names[0]])

@@ -279,7 +279,9 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
             image's result does not depend on its batch-mates).
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cpp"`` (see :mod:`sas_fast.ops`).
         preset: a name in :data:`sas_fast.config.PRESETS` (or a ``SaSConfig``) whose settings
-            the arguments given override.
+            the arguments given override. ``"default"`` is the ``fast`` schedule (3 of the
+            ``num_masks - 2`` inner areas per iteration, so ``num_masks - 2`` must be a multiple
+            of 3, or pass ``area_samples``); ``"paper-cifar"`` is the paper's (every area).
         return_trace: also return a :class:`SaSTrace` (figure-3 score profiles).
         progress: show a progress bar (None: only on a terminal).
         additional_forward_args: extra positional arguments of ``model``; tensors whose first
@@ -314,7 +316,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
         >>> images = torch.randn(2, 3, 16, 12)          # B x C x H x W, any H, W >= window
-        >>> saliency = sas_fast.attribute(model, images, target=3, iterations=5, num_masks=4)
+        >>> saliency = sas_fast.attribute(model, images, target=3, iterations=5, num_masks=5)
         >>> saliency.shape, saliency.dtype
         (torch.Size([2, 16, 12]), torch.float32)
         >>> float(saliency.amin()), float(saliency.amax())

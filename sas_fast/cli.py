@@ -26,10 +26,11 @@ from .ops import BACKENDS
 from .images import read_rgb
 from .precision import resolve_precision
 
-#: ``explain --demo``: the default schedule for 40 iterations (1,440 model image-passes), the most
-#: that fit 120 s on one AVX2 core, as good on the game as 80 (benchmarks/studies/demo_budget.py, RESULTS.md),
-#: and on a slower CPU as many as fit ``DEMO_MAX_SECONDS`` (30: as good as 80 on the game; 20: -0.025).
-DEMO_PRESET = "default"
+#: ``explain --demo``: the 7,200-pass schedule (all 18 areas every iteration) for 40 iterations (1,440
+#: model image-passes), the most that fit 120 s on one AVX2 core, as good on the game as 80
+#: (benchmarks/studies/demo_budget.py, RESULTS.md), and on a slower CPU as many as fit
+#: ``DEMO_MAX_SECONDS`` (30: as good as 80 on the game; 20: -0.025).
+DEMO_PRESET = "fast-imagenet"
 DEMO_ITERATIONS = 40
 DEMO_MAX_SECONDS = 120.0
 DEMO_PHOTO = "chelsea"
@@ -216,7 +217,7 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--model", default="efficientnet-lite0")
     p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help=f"SaS preset (default 'default'; with --demo {DEMO_PRESET} cut to {DEMO_ITERATIONS} "
+                   help=f"SaS preset (default 'default', the 'fast' schedule; with --demo {DEMO_PRESET} cut to {DEMO_ITERATIONS} "
                         "iterations)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} with --demo)")

@@ -29,7 +29,9 @@ INITS = ("noise", "gradient", "guided_backprop")
 
 @dataclass(frozen=True)
 class SaSConfig:
-    """Hyperparameters of one SaS run (docs/SPEC.md sections 2-4).
+    """Hyperparameters of one SaS run (docs/SPEC.md sections 2-4). The field defaults are the
+    paper's 32-px schedule (preset ``paper-cifar``, 7,200 passes per image); the ``default``
+    preset, what :func:`sas_fast.attribute` runs, is the ``fast`` schedule (:data:`PRESETS`).
 
     ``max_batch`` only splits the model calls: SaS's own arithmetic is the same for every
     value, so the result is bit-identical whenever the model's outputs and input gradients for
@@ -191,8 +193,10 @@ class SaSConfig:
                                               or self.area_samples < 1 or inner % self.area_samples):
             divisors = sorted({d for i in range(1, math.isqrt(inner) + 1) if inner % i == 0
                                for d in (i, inner // i)})
+            hint = (f" (the default preset samples 3 areas per iteration: with num_masks={self.num_masks} pass "
+                    "one of those, or preset='paper-cifar' for every area)" if self.area_samples == 3 else "")
             raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
-                             f"stratum has the same size: one of {divisors} or None, got {self.area_samples}")
+                             f"stratum has the same size: one of {divisors} or None, got {self.area_samples}{hint}")
         if self.area_sampling not in AREA_SAMPLINGS:
             raise ValueError(f"unknown area_sampling {self.area_sampling!r}; choose one of {AREA_SAMPLINGS}")
         if self.control_variate and (self.area_samples is None or self.area_sampling != "stratified"):
@@ -212,20 +216,24 @@ class SaSConfig:
                              f"[0, {self.iterations - 1}], got {bad}")
 
 
-#: named configurations. ``fast`` spends 1/4 of the default's model image-passes: 3 of the 18
-#: inner areas per iteration (stratified), lr 0.1 with cosine decay, chosen on held-out 32-px
-#: images; ``fast-imagenet`` is the ImageNet schedule cut to 1/4 (200 iterations), because the
-#: sampled schedule did not reproduce the 800-iteration map at 224 px. Studies: ``benchmarks/
-#: RESULTS.md``, "Fewer model passes per image". ``fastest`` (448 passes, 2 of 18 areas per iteration,
-#: a cosine decay that ends at 1/4 of lr) won the fifth of five rounds of 450-pass candidates on
-#: held-out 32-px images and then on the evaluation images (+0.003 over the decay to 0, pooled); it is
-#: within 0.01 of the default on two of the four settings per run (which two differs between a bf16
-#: and an fp32 run; 0.008 behind pooled): the same section; rules in ``benchmarks/studies/rules.md``.
+#: named configurations. ``default`` (what ``attribute``, ``SaS`` and the CLI run) is the ``fast``
+#: schedule: 1/4 of the paper schedule's model image-passes, 3 of the 18 inner areas per iteration
+#: (stratified), lr 0.1 with cosine decay, 300 iterations; chosen on held-out 32-px images, within
+#: 0.01 of the paper schedule's deletion-game Overall on the four 32-px settings and of
+#: ``fast-imagenet`` on 64 ImageNet photos at 224 px. The :class:`SaSConfig` field defaults are the
+#: paper schedule (``paper-cifar``, 7,200 passes). ``fast-imagenet`` is the ImageNet schedule cut to
+#: 1/4 (200 iterations). Studies: ``benchmarks/RESULTS.md``, "Fewer model passes per image" and
+#: "ImageNet at 224 px". ``fastest`` (448 passes, 2 of 18 areas per iteration, a cosine decay that
+#: ends at 1/4 of lr) won the fifth of five rounds of 450-pass candidates on held-out 32-px images and
+#: then on the evaluation images (+0.003 over the decay to 0, pooled); it is within 0.01 of the paper
+#: schedule on two of the four settings per run (which two differs between a bf16 and an fp32 run;
+#: 0.008 behind pooled): the same section; rules in ``benchmarks/studies/rules.md``.
+FAST = SaSConfig(iterations=300, area_samples=3, lr=0.1, lr_decay="cosine")                   # 1,800 passes
 PRESETS = {
-    "default": SaSConfig(),
-    "paper-cifar": SaSConfig(iterations=200),       # paper section 4: MNIST, CIFAR-10/100
-    "paper-imagenet": SaSConfig(iterations=800),    # paper section 4: ImageNet
-    "fast": SaSConfig(iterations=300, area_samples=3, lr=0.1, lr_decay="cosine"),            # 1,800 passes
+    "default": FAST,
+    "fast": FAST,
+    "paper-cifar": SaSConfig(iterations=200),       # paper section 4: MNIST, CIFAR-10/100; 7,200 passes
+    "paper-imagenet": SaSConfig(iterations=800),    # paper section 4: ImageNet; 28,800 passes
     "fast-imagenet": SaSConfig(iterations=200),                                              # 7,200 passes
     "fastest": SaSConfig(iterations=112, area_samples=2, lr=0.1, lr_decay="cosine", lr_end=0.25),  # 448 passes
 }

@@ -45,7 +45,8 @@ class IterationRunner:
                              f"{premask.device.type!r} and backend {config.backend!r}")
         if config.cuda_graph and (config.area_samples is not None or config.lr_decay != "none"):
             raise ValueError("cuda_graph=True replays one fixed iteration: it needs area_samples=None and "
-                             f"lr_decay='none', got {config.area_samples} and {config.lr_decay!r}")
+                             f"lr_decay='none' (preset 'paper-cifar', 'paper-imagenet' or 'fast-imagenet'), "
+                             f"got {config.area_samples} and {config.lr_decay!r}")
         self.premask, self.pyramid, self.objective, self.config = premask, pyramid, objective, config
         self.optimizer = torch.optim.Adam([premask], lr=config.lr, betas=tuple(config.betas),
                                           capturable=config.cuda_graph,

@@ -50,8 +50,8 @@ def run_once(args) -> dict:
     calls = []
     model.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    attribute(model, images, labels, iterations=args.iterations, max_batch=max_batch, precision=args.precision,
-              progress=False)
+    attribute(model, images, labels, preset="paper-cifar", iterations=args.iterations, max_batch=max_batch,
+              precision=args.precision, progress=False)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return {"variant": args.variant if args.max_batch is None else f"max_batch={args.max_batch}",
             "max_batch": Counter(calls).most_common(1)[0][0], "wall_s": wall,

@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     defaults, result_rows = None, []
     for label, options in [("defaults", {})] + parse_settings(args.grid, args.combo):
         start = time.perf_counter()
-        sal = sas_fast.attribute(model, images, labels, iterations=args.iterations, progress=None,
-                                 precision=args.precision, **options)
+        sal = sas_fast.attribute(model, images, labels, preset="paper-cifar", iterations=args.iterations,
+                                 progress=None, precision=args.precision, **options)
         seconds = (time.perf_counter() - start) / len(images)
         res = deletion_game(model, images, sal, labels)
         if defaults is None:

@@ -4,7 +4,8 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.studies.demo_budget --timing
 
 Quality: on scikit-image's bundled photos with the bundled EfficientNet-Lite0 (224 px, top-1
-class), one run of the demo's schedule (preset ``default``) for ``--iterations`` steps keeps the
+class), one run of the demo's schedule (``sas_fast.cli.DEMO_PRESET``: ``fast-imagenet``, the 7,200-pass
+schedule) for ``--iterations`` steps keeps the
 map after each of ``--cuts`` steps (``SaSTrace.saliency``; with ``lr_decay="none"`` the map after
 n steps is exactly that of an n-iteration run). Each map's deletion-game Overall (docs/SPEC.md section 5)
 and its Spearman rank correlation with the final map go to ``--out`` (a rerun skips the photos
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 import sas_fast
+from sas_fast.cli import DEMO_PRESET
 from sas_fast.evaluate import deletion_game
 from sas_fast.models import efficientnet_lite0, preprocess_imagenet
 from sas_fast.precision import cpu_capability, resolve_precision
@@ -47,7 +49,8 @@ def timing(model, image, target, timed: int) -> dict:
     cost = {}
     for iterations in (1, 1, 1 + timed):
         start = cpu_seconds()
-        sas_fast.attribute(model, image, target, iterations=iterations, precision=precision, progress=False)
+        sas_fast.attribute(model, image, target, preset=DEMO_PRESET, iterations=iterations, precision=precision,
+                           progress=False)
         cost[iterations] = cpu_seconds() - start
     per_iteration = (cost[1 + timed] - cost[1]) / timed
     return {"capability": cpu_capability(), "precision": precision, "threads": torch.get_num_threads(),
@@ -64,8 +67,9 @@ def quality(model, names, iterations: int, cuts: list, out: Path) -> dict:
         image = preprocess_imagenet(getattr(skimage.data, name)())[0]
         with torch.no_grad():
             target = model(image).argmax(-1)
-        final, trace = sas_fast.attribute(model, image, target, iterations=iterations, precision="bf16",
-                                          progress=False, return_trace=True, trace_iterations=cuts)
+        final, trace = sas_fast.attribute(model, image, target, preset=DEMO_PRESET, iterations=iterations,
+                                          precision="bf16", progress=False, return_trace=True,
+                                          trace_iterations=cuts)
         maps = dict(zip(cuts, trace.saliency[:, 0])) | {iterations: final[0]}
         rows[name] = {str(n): {"overall": deletion_game(model, image, sal[None], target).overall,
                                "spearman_vs_final": spearman(sal, final[0])} for n, sal in maps.items()}

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     indices = stratified_indices(all_labels, args.n, exclude_mod=(10, 1))
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", indices)
     tag = f"{args.dataset}_{args.arch}"
-    options = dict(args.sas)
+    options = {"preset": "paper-cifar", **dict(args.sas)}     # the paper's schedule unless --sas preset=...
     config = make_config(**options).resolved(*images.shape[-2:])
     traces = []
 
