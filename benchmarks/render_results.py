@@ -21,21 +21,21 @@ TOPICS = [
      "The README's two commands on a fresh clone."),
     ("table2", "Paper table 2 at 32 px",
      "Deletion / insertion game (Noisy Linear Imputation, 11 ratios, ground-truth targets), 20 test images per "
-     "setting, SaS defaults (bf16 model) against the baselines; Overall = Ins - Del, ± standard error over "
+     "setting, SaS with the paper's schedule (`paper-cifar`, bf16 model) against the baselines; Overall = Ins - Del, ± standard error over "
      "images; paper's value in brackets where it gave one. Tables, curves (figure 4) and profiles (figure 3): "
      "`benchmarks/results/table2_*`."),
     ("presets", "Fewer model passes per image",
      "Presets chosen on held-out calibration images and reported on 64 evaluation images per setting, "
-     "paired against the default (7,200 passes); rules: `benchmarks/studies/rules.md`; frontier figure "
+     "paired against the paper's schedule (\"default\" in the rows: `paper-cifar`, 7,200 passes); rules: `benchmarks/studies/rules.md`; frontier figure "
      "`docs/frontier.png`, tables `benchmarks/results/fast/`. SaS runs in bf16 unless the setting says "
      "otherwise (\"SaS fp32\": the same preset run again in fp32 on the same images, "
      "`benchmarks/results/fast_fp32/`)."),
     ("imagenet", "ImageNet at 224 px",
      "Real ImageNet photos (`shared/data/imagenet_samples`, fixed seeded order), ImageNet evaluation crop, "
-     "true labels; SaS bf16, baselines and the game fp32; paired against `fast` on the photos every method "
-     "shares; rows per photo in `benchmarks/results/imagenet*/`, figures `docs/imagenet_*`. `fast-imagenet` "
-     "(7,200 passes, about 530 CPU-seconds a photo in fp32 on an AVX2 CPU) has rows on part of the 64 photos "
-     "so far; Extremal Perturbation at N >= 64 needs a GPU (`benchmarks/GPU.md`)."),
+     "true labels; SaS bf16 (`fast-imagenet`: fp32), baselines and the game fp32; the presets paired against "
+     "`fast-imagenet` (7,200 passes, about 530 CPU-seconds a photo in fp32 on an AVX2 CPU), the baselines "
+     "against `fast`, on the photos every method shares; rows per photo in `benchmarks/results/imagenet*/`, "
+     "figures `docs/imagenet_*`. Extremal Perturbation at N >= 64 needs a GPU (`benchmarks/GPU.md`)."),
     ("speed", "Speed on the CPU",
      "The model is most of every iteration on a CPU; the mask pipeline's own time and the kernels' ratios "
      "against the eager reference, measured in the same run."),
@@ -63,15 +63,29 @@ def latest(path: Path) -> list:
     return list(rows.values())
 
 
+def sources(topics: list) -> dict:
+    """``{(machine, torch, triton, commit): [command, ...]}`` over every topic's rows, in first-cited
+    order: one reference per machine, versions and commit, its commands numbered within it."""
+    groups = {}
+    for rows in topics:
+        for row in rows:
+            commands = groups.setdefault((row["machine"], row["torch"], row.get("triton"), row["commit"]), [])
+            if row["command"] not in commands:
+                commands.append(row["command"])
+    return groups
+
+
 def render() -> str:
     lines = ["# Measured results", "",
              "Rendered by `python -m benchmarks.render_results` from `benchmarks/results/rows/` (every row with its "
-             "machine, versions, commit and command: the references [n] below each table). How each is measured: "
-             "`benchmarks/README.md`. Older numbers are in the history of these files.", ""]
-    sources = {}
-    for topic, title, intro in TOPICS:
-        path = RESULTS / f"{topic}.jsonl"
-        rows = latest(path) if path.exists() else []
+             "machine, versions, commit and command: the references [n] below each table, [n.j] the j-th command "
+             "of reference n). How each is measured: `benchmarks/README.md`. Older numbers are in the history of "
+             "these files.", ""]
+    topics = [latest(RESULTS / f"{topic}.jsonl") if (RESULTS / f"{topic}.jsonl").exists() else []
+              for topic, _, _ in TOPICS]
+    groups = sources(topics)
+    number = {key: n for n, key in enumerate(groups, 1)}
+    for (topic, title, intro), rows in zip(TOPICS, topics):
         lines += [f"## {title}", "", intro, ""]
         if not rows:
             lines += ["No rows yet.", ""]
@@ -79,18 +93,22 @@ def render() -> str:
         lines += ["| setting | metric | value | ref |", "| --- | --- | --- | --- |"]
         cited = []
         for row in rows:
-            key = (row["machine"], row["torch"], row.get("triton"), row["commit"], row["command"])
-            n = sources.setdefault(key, len(sources) + 1)
-            if n not in cited:
-                cited.append(n)
+            key = (row["machine"], row["torch"], row.get("triton"), row["commit"])
+            if key not in cited:
+                cited.append(key)
+            ref = str(number[key])
+            if len(groups[key]) > 1:
+                ref += f".{groups[key].index(row['command']) + 1}"
             value = f"{row['value']}{' ' + row['unit'] if row.get('unit') else ''}"
-            lines.append(f"| {row['setting']} | {row['metric']} | {value} | [{n}] |")
+            lines.append(f"| {row['setting']} | {row['metric']} | {value} | [{ref}] |")
         lines.append("")
-        by_number = {n: key for key, n in sources.items()}
-        for n in cited:
-            machine, torch, triton, commit, command = by_number[n]
+        for key in cited:
+            machine, torch, triton, commit = key
             versions = f"torch {torch}" + (f", triton {triton}" if triton else "")
-            lines.append(f"[{n}] {machine}; {versions}; commit {commit}: `{command}`  ")
+            commands = groups[key]
+            listed = (f"`{commands[0]}`" if len(commands) == 1 else
+                      "; ".join(f"({j}) `{c}`" for j, c in enumerate(commands, 1)))
+            lines.append(f"[{number[key]}] {machine}; {versions}; commit {commit}: {listed}  ")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
