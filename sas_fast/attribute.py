@@ -3,7 +3,8 @@
 Checks the caller's input, guards the caller's model (eval mode, frozen parameters, all
 restored afterwards, also on error), and runs the optimisation loop of docs/SPEC.md section 4:
 Adam on the pre-mask, one :class:`sas_fast.iteration.IterationRunner` call per iteration,
-output the min-max normalised schedule (paper eq. 8).
+output the min-max normalised schedule (paper eq. 8) of the last pre-mask, or with
+``average_tail`` of the mean pre-mask over the run's last iterations.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class SaSTrace:
     that iteration's update (the OFF and ON ends are constant; with ``area_samples`` the masks
     not evaluated at that iteration are NaN); ``saliency`` ``T x B x H x W``, the normalised
     schedule at those iterations, before their update (so at iteration i: the map after i
-    Adam steps); ``loss`` ``N x B`` for the N iterations run (``iterations``, or fewer under
+    Adam steps; never tail-averaged); ``loss`` ``N x B`` for the N iterations run (``iterations``, or fewer under
     ``max_seconds``; with ``area_samples``: the unbiased estimate
     of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
     the model image-passes spent on each image (forward + input-gradient backward of one
@@ -190,6 +191,7 @@ def _optimise(objective: Objective, images: torch.Tensor, config: SaSConfig, bud
     snapshots, losses = [], []
     moved = torch.zeros(b, dtype=torch.bool, device=images.device)   # a non-zero gradient seen, per image
     watch = FiniteWatch(modes, config.iterations, images.device)
+    tail, mean, averaged = config.average_start(), None, 0       # the tail average of the pre-mask
     bar = tqdm(range(config.iterations), desc="SaS", leave=False,
                disable=None if progress is None else not progress)
     budget.begin()
@@ -202,6 +204,9 @@ def _optimise(objective: Objective, images: torch.Tensor, config: SaSConfig, bud
         losses.append(step.loss.clone())
         moved |= premask.grad.flatten(1).ne(0).any(1)
         watch.update(it, step.scores, premask)
+        if tail is not None and it >= tail:
+            averaged += 1
+            mean = premask.detach().clone() if mean is None else mean.lerp_(premask.detach(), 1 / averaged)
         if it in points:
             for m in modes:
                 inner = torch.full((b, config.num_masks - 2), float("nan"), device=images.device)
@@ -217,7 +222,7 @@ def _optimise(objective: Objective, images: torch.Tensor, config: SaSConfig, bud
                     f"one of {done} iterations: the model's score does not depend on the masked image "
                     f"(or sharpness={config.sharpness:g} makes every mask binary), so their map is the "
                     "random start, not an explanation", RuntimeWarning)
-    saliency = _saliency(premask, config)
+    saliency = _saliency(premask if mean is None else mean, config)
     if not return_trace:
         return saliency, None
     passes = torch.full((b,), config.init_passes() + done * config.passes_per_iteration(), dtype=torch.long)

@@ -65,6 +65,8 @@ class SaSConfig:
     implicit_grad: bool = True    # differentiate through the thresholds (proto; docs/SPEC.md section 3)
     threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # Levenberg-Marquardt step cap of the threshold solve (ours)
+    average_tail: float = 0.0     # the map is the schedule of the pre-mask averaged over the last this fraction of
+                                  # the iterations (Polyak-Ruppert tail average; 0: the last pre-mask) (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
     init: str = "noise"           # noise | gradient | guided_backprop: add a one-pass map's Gaussian ranks (ours,
                                   # sas_fast/initial.py; class saliency only)
@@ -124,6 +126,13 @@ class SaSConfig:
         """Model image-passes per explained image spent before the first iteration (the init map)."""
         return 0 if self.init == "noise" else 1
 
+    def average_start(self) -> int | None:
+        """The first iteration whose updated pre-mask enters the tail average: the last
+        ``max(1, round(average_tail * iterations))`` iterations; None without ``average_tail``."""
+        if not self.average_tail:
+            return None
+        return self.iterations - max(1, round(self.average_tail * self.iterations))
+
     def passes_per_iteration(self) -> int:
         """Model image-passes per explained image per iteration (forward + input-gradient backward
         of one masked image = 1): one per evaluated inner area and mode."""
@@ -178,6 +187,9 @@ class SaSConfig:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         if not (is_real(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
+        if not (is_real(self.average_tail) and 0 <= self.average_tail <= 1):
+            raise ValueError(f"average_tail must be a number in [0, 1] (the fraction of the iterations whose "
+                             f"pre-masks are averaged), got {self.average_tail!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {LR_DECAYS}")
         if not (is_real(self.lr_end) and 0 <= self.lr_end < 1):

@@ -93,6 +93,14 @@ FAMILIES = {
     "sample2-const": {"area_samples": 2, "lr": 0.1},
     "sample1-cosine-end0.5": {"area_samples": 1, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5},
     "sample3-cosine-end0.5": {"area_samples": 3, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5},
+    # the sixth round: the map from the pre-mask averaged over the run's tail, fixed before its results
+    "sample2-cosine-end0.25-avg0.5": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.25,
+                                      "average_tail": 0.5},
+    "sample2-cosine-end0.25-avg0.25": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.25,
+                                       "average_tail": 0.25},
+    "sample2-cosine-end0.5-avg0.5": {"area_samples": 2, "lr": 0.1, "lr_decay": "cosine", "lr_end": 0.5,
+                                     "average_tail": 0.5},
+    "sample2-const-avg0.5": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5},
 }
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
