@@ -130,7 +130,7 @@ def test_max_seconds_stops_before_an_iteration_that_would_end_late(model, monkey
     wrapped.forward = clock.forward
     monkeypatch.setattr(sys.modules["sas_fast.attribute"], "time", SimpleNamespace(perf_counter=clock))
     images = textured_images()
-    options = dict(iterations=9, num_masks=5, max_batch=6)
+    options = dict(preset="paper-cifar", iterations=9, num_masks=5, max_batch=6)    # a constant lr
     if sas_object:
         sal, trace = SaS(wrapped, **options).attribute(images, 0, return_trace=True, max_seconds=13.5)
         sal = sal.squeeze(1)
@@ -138,10 +138,10 @@ def test_max_seconds_stops_before_an_iteration_that_would_end_late(model, monkey
         sal, trace = attribute(wrapped, images, 0, return_trace=True, max_seconds=13.5, **options)
     assert clock.now == 13 and trace.loss.shape == (5, 2) and trace.passes.tolist() == [5 * 6] * 2
     assert trace.iterations == [0, 2, 4]                         # the default points 0, 2, 4, 6, 8 run
-    five = attribute(model, images, 0, iterations=5, num_masks=5, max_batch=6)
+    five = attribute(model, images, 0, preset="paper-cifar", iterations=5, num_masks=5, max_batch=6)
     assert torch.equal(sal, five)
     clock.now = 0.0
-    assert attribute(wrapped, images, 0, iterations=9, num_masks=5, max_batch=6, max_seconds=100).shape \
+    assert attribute(wrapped, images, 0, max_seconds=100, **options).shape \
         == sal.shape
     assert clock.now == 1 + 2 * 9                                # a budget that is not reached: all 9
 

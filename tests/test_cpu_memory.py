@@ -70,13 +70,13 @@ def test_cpu_run_calls_the_model_in_measured_micro_batches():
     model = Copies(20).eval()
     model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     images = torch.randn(1, 3, 224, 224)
-    attribute(model, images, 0, iterations=1)
+    attribute(model, images, 0, preset="paper-cifar", iterations=1)     # 36 masked images
     total, largest = activation_bytes(_objective(Copies(20), images), images)
     chunk = min(ACTIVATION_BUDGET // total, MMAP_THRESHOLD // largest)
     assert 1 < chunk < 36
     assert calls == [1, PROBE_IMAGES] + [chunk] * (36 // chunk) + [36 % chunk] * (36 % chunk > 0)
     calls.clear()
-    attribute(model, images, 0, iterations=1, max_batch=36)      # given: no probe, one call
+    attribute(model, images, 0, preset="paper-cifar", iterations=1, max_batch=36)   # given: no probe, one call
     assert calls == [1, 36]
 
 

@@ -88,12 +88,12 @@ def test_cosine_decay_runs_the_learning_rate_down_to_zero(model):
 
 def test_passes_and_snapshots_in_the_trace(model):
     images = textured_images()
-    sal, trace = attribute(model, images, 0, iterations=6, num_masks=8, area_samples=3,
+    sal, trace = attribute(model, images, 0, preset="paper-cifar", iterations=6, num_masks=8, area_samples=3,
                            return_trace=True, trace_iterations=[0, 4])
     assert torch.equal(trace.passes, torch.tensor([6 * 2 * 3] * 2))
     assert trace.saliency.shape == (2, 2, 32, 32)
-    # the snapshot at iteration 4 is the map of a 4-iteration run (same seeded area draws)
-    short = attribute(model, images, 0, iterations=4, num_masks=8, area_samples=3)
+    # the snapshot at iteration 4 is the map of a 4-iteration run (same seeded area draws, constant lr)
+    short = attribute(model, images, 0, preset="paper-cifar", iterations=4, num_masks=8, area_samples=3)
     torch.testing.assert_close(trace.saliency[1], short, rtol=0, atol=0)
     # masks not evaluated at a recorded iteration are NaN; the evaluated ones are finite
     ins = trace.scores["insertion"][0, 0]
@@ -102,7 +102,7 @@ def test_passes_and_snapshots_in_the_trace(model):
 
 def test_full_sampling_equals_no_sampling(model):
     images = textured_images()
-    a = attribute(model, images, 0, iterations=5, num_masks=8)
+    a = attribute(model, images, 0, iterations=5, num_masks=8, area_samples=None)
     b = attribute(model, images, 0, iterations=5, num_masks=8, area_samples=6)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -117,6 +117,18 @@ def test_presets_are_honoured_by_attribute_and_sas(model, monkeypatch):
     _, trace = SaS(model, preset="tiny").attribute(textured_images(), 0, return_trace=True)
     assert trace.loss.shape[0] == 3
     assert make_config("paper-imagenet").iterations == 800
+
+
+def test_the_default_preset_is_the_fast_schedule_and_the_fields_are_the_papers(model):
+    assert make_config() == make_config("fast") == SaSConfig(iterations=300, area_samples=3, lr=0.1,
+                                                             lr_decay="cosine")
+    paper = make_config("paper-cifar")
+    assert paper == SaSConfig() and paper.iterations * paper.passes_per_iteration() == 7200
+    _, trace = attribute(model, textured_images(1), 0, iterations=2, return_trace=True)
+    assert int(trace.passes[0]) == 2 * 3 * 2            # 3 areas x 2 modes per iteration
+    # a num_masks the default's 3 strata cannot split: the error says what to pass
+    with pytest.raises(ValueError, match=r"one of \[1, 2, 4, 8\] or None, got 3 .*preset='paper-cifar'"):
+        attribute(model, textured_images(1), 0, num_masks=10)
 
 
 @pytest.mark.parametrize("preset, share", [("fast", 4), ("fastest", 16)])

@@ -59,11 +59,11 @@ def test_start_is_noise_plus_scaled_ranks_seeded_and_batch_independent(init):
 
 def test_trace_counts_the_init_pass_and_a_seed_gives_one_map():
     net, x = model(), images(2)
-    a, trace = attribute(net, x, [0, 1], iterations=2, num_masks=4, init="gradient", return_trace=True,
+    a, trace = attribute(net, x, [0, 1], iterations=2, num_masks=5, init="gradient", return_trace=True,
                          progress=False)
-    assert trace.passes.tolist() == [1 + 2 * 2 * 2] * 2
-    b = attribute(net, x, [0, 1], iterations=2, num_masks=4, init="gradient", progress=False)
-    c = attribute(net, x, [0, 1], iterations=2, num_masks=4, progress=False)
+    assert trace.passes.tolist() == [1 + 2 * 3 * 2] * 2
+    b = attribute(net, x, [0, 1], iterations=2, num_masks=5, init="gradient", progress=False)
+    c = attribute(net, x, [0, 1], iterations=2, num_masks=5, progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

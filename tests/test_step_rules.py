@@ -31,7 +31,7 @@ def _rates(config):
     ("warmup-cosine", [0.2] + [0.1 * (1 + math.cos(math.pi * (i - 1) / 9)) for i in range(1, 10)]),
 ])
 def test_the_optimiser_steps_at_each_decays_rate(decay, expected):
-    config = make_config(iterations=10, lr=0.2, lr_decay=decay, num_masks=4, backend="reference",
+    config = make_config(iterations=10, lr=0.2, lr_decay=decay, num_masks=5, backend="reference",
                          window=5, max_blur=2.0)
     rates, _ = _rates(config)
     assert rates == pytest.approx(expected)
@@ -44,7 +44,7 @@ def test_the_optimiser_steps_at_each_decays_rate(decay, expected):
                                     for i in range(1, 10)]),
 ])
 def test_a_decay_ends_at_lr_end(decay, end, expected):
-    config = make_config(iterations=10, lr=0.2, lr_decay=decay, lr_end=end, num_masks=4, backend="reference",
+    config = make_config(iterations=10, lr=0.2, lr_decay=decay, lr_end=end, num_masks=5, backend="reference",
                          window=5, max_blur=2.0)
     rates, _ = _rates(config)
     assert rates == pytest.approx(expected)
@@ -53,7 +53,7 @@ def test_a_decay_ends_at_lr_end(decay, end, expected):
 
 
 def test_lr_end_zero_is_the_plain_decay_bit_for_bit():
-    ended, plain = make_config(lr_decay="cosine", lr_end=0.0), make_config(lr_decay="cosine")
+    ended, plain = make_config("paper-cifar", lr_decay="cosine", lr_end=0.0), make_config("paper-cifar", lr_decay="cosine")
     assert [ended.lr_factor(i) for i in range(200)] == [0.5 * (1 + math.cos(math.pi * i / 200)) for i in range(200)]
     assert [ended.lr_factor(i) for i in range(200)] == [plain.lr_factor(i) for i in range(200)]
 
@@ -66,7 +66,7 @@ def test_bad_lr_end_is_named(bad):
 
 def test_lr_end_without_a_decay_is_refused():
     with pytest.raises(ValueError, match=r"lr_end=0.5 needs a decay: lr_decay one of \('cosine'"):
-        make_config(lr_end=0.5)
+        make_config("paper-cifar", lr_end=0.5)
 
 
 def test_the_warm_up_rises_linearly_then_decays():
@@ -77,7 +77,7 @@ def test_the_warm_up_rises_linearly_then_decays():
 
 
 def test_betas_reach_adam_and_bad_betas_are_named():
-    config = make_config(iterations=2, num_masks=4, betas=[0.8, 0.99], backend="reference", window=5, max_blur=2.0)
+    config = make_config(iterations=2, num_masks=5, betas=[0.8, 0.99], backend="reference", window=5, max_blur=2.0)
     assert config.betas == (0.8, 0.99)
     _, optimizer = _rates(config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.99)
