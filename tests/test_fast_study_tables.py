@@ -45,3 +45,11 @@ def test_paired_differences_read_mean_se_and_wins():
     d = np.array([1.0, 0.0, 2.0])
     assert paired([1, 2, 3], [0, 2, 1]) == f"+1.000 ± {d.std(ddof=1) / np.sqrt(3):.3f} (2/3)"
     assert paired([0.5], [0.75], digits=2) == "-0.25 ± nan (0/1)"
+
+
+def test_the_study_names_of_the_presets_are_their_configs():
+    from benchmarks.studies.fast_sas_study import PRESET_NAMES, method_options
+    from sas_fast.config import make_config
+
+    for study_name, preset in PRESET_NAMES.items():
+        assert make_config(**method_options(study_name)) == make_config(preset), study_name
