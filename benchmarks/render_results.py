@@ -21,13 +21,13 @@ TOPICS = [
      "The README's two commands on a fresh clone."),
     ("table2", "Paper table 2 at 32 px",
      "Deletion / insertion game (Noisy Linear Imputation, 11 ratios, ground-truth targets), 20 test images per "
-     "setting, SaS with the paper's schedule (`paper-cifar`, bf16 model) against the baselines; Overall = Ins - Del, ± standard error over "
-     "images; paper's value in brackets where it gave one. Tables, curves (figure 4) and profiles (figure 3): "
+     "setting, SaS with the paper's schedule (`paper-cifar`, bf16 model) against the baselines; Overall = "
+     "Ins - Del, ± standard error over images; paper's value in brackets where it gave one. Tables, curves (figure 4) and profiles (figure 3): "
      "`benchmarks/results/table2_*`."),
     ("presets", "Fewer model passes per image",
      "Presets chosen on held-out calibration images and reported on 64 evaluation images per setting, "
-     "paired against the paper's schedule (\"default\" in the rows: `paper-cifar`, 7,200 passes); rules: `benchmarks/studies/rules.md`; frontier figure "
-     "`docs/frontier.png`, tables `benchmarks/results/fast/`. SaS runs in bf16 unless the setting says "
+     "paired against the paper's schedule (\"default\" in the rows: `paper-cifar`, 7,200 passes); rules: "
+     "`benchmarks/studies/rules.md`; frontier figure `docs/frontier.png`, tables `benchmarks/results/fast/`. SaS runs in bf16 unless the setting says "
      "otherwise (\"SaS fp32\": the same preset run again in fp32 on the same images, "
      "`benchmarks/results/fast_fp32/`)."),
     ("imagenet", "ImageNet at 224 px",

@@ -53,7 +53,8 @@ def test_rows_of_one_machine_and_commit_share_a_reference_with_numbered_commands
     lines.append(dict(base, commit="1234567", setting="d", metric="x", value=2, command="run d"))
     (tmp_path / "demo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     page = render_results.render()
-    assert re.findall(r"\| (\w) \| x \| \d \| \[([\d.]+)\] \|", page) == [("a", "1.1"), ("b", "1.2"), ("c", "1.1"), ("d", "2")]
+    refs = re.findall(r"\| (\w) \| x \| \d \| \[([\d.]+)\] \|", page)
+    assert refs == [("a", "1.1"), ("b", "1.2"), ("c", "1.1"), ("d", "2")]
     assert "[1] m; torch t; commit abcdef0: (1) `run a`; (2) `run b`  " in page
     assert page.endswith("[2] m; torch t; commit 1234567: `run d`\n")
     assert rows.RESULTS != tmp_path     # the real rows are untouched

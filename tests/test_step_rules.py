@@ -53,7 +53,8 @@ def test_a_decay_ends_at_lr_end(decay, end, expected):
 
 
 def test_lr_end_zero_is_the_plain_decay_bit_for_bit():
-    ended, plain = make_config("paper-cifar", lr_decay="cosine", lr_end=0.0), make_config("paper-cifar", lr_decay="cosine")
+    ended = make_config("paper-cifar", lr_decay="cosine", lr_end=0.0)
+    plain = make_config("paper-cifar", lr_decay="cosine")
     assert [ended.lr_factor(i) for i in range(200)] == [0.5 * (1 + math.cos(math.pi * i / 200)) for i in range(200)]
     assert [ended.lr_factor(i) for i in range(200)] == [plain.lr_factor(i) for i in range(200)]
 

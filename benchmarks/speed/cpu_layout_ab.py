@@ -40,8 +40,8 @@ def settings(args) -> list:
 def timed_run(model, images, target, iterations: int, layout: str) -> tuple:
     """``(seconds per iteration, map)`` of one run with the model input in ``layout``."""
     start = time.perf_counter()
-    saliency = attribute(model, images, target, preset="paper-cifar", iterations=iterations, precision="fp32", seed=0,
-                         progress=False, channels_last=layout == "channels_last")
+    saliency = attribute(model, images, target, preset="paper-cifar", iterations=iterations, precision="fp32",
+                         seed=0, progress=False, channels_last=layout == "channels_last")
     return (time.perf_counter() - start) / iterations, saliency
 
 

@@ -7,8 +7,9 @@
 
 A method is ``FAMILY@PASSES``: the family's SaS options (:data:`FAMILIES`) with as many iterations
 as fit in PASSES model image-passes per image (forward + input-gradient backward of one masked
-image = 1; ``SaSConfig.passes_per_iteration``; an init map's pass, ``SaSConfig.init_passes``, counts). ``default`` is the paper's 200-iteration schedule
-(preset ``paper-cifar``, 7,200 passes), the schedule every family's options modify; its
+image = 1; ``SaSConfig.passes_per_iteration``; an init map's pass, ``SaSConfig.init_passes``, counts).
+``default`` is the paper's 200-iteration schedule (preset ``paper-cifar``, 7,200 passes), the
+schedule every family's options modify; its
 maps after 12, 25, 50 and 100 iterations (``SaSTrace.saliency``) are the default cut short at
 432, 900, 1,800 and 3,600 passes, reported as ``cut@N`` at no extra cost. ``Gradient``,
 ``Guided BP``, ``IG`` and ``GradCAM`` run the gradient baselines on the same images (1 pass, IG 50),
