@@ -39,8 +39,8 @@ class SaSTrace:
     that iteration's update (the OFF and ON ends are constant; with ``area_samples`` the masks
     not evaluated at that iteration are NaN); ``saliency`` ``T x B x H x W``, the normalised
     schedule at those iterations, before their update (so at iteration i: the map after i
-    Adam steps; never tail-averaged); ``loss`` ``N x B`` for the N iterations run (``iterations``, or fewer under
-    ``max_seconds``; with ``area_samples``: the unbiased estimate
+    Adam steps; never tail-averaged); ``loss`` ``N x B`` for the N iterations run
+    (``iterations``, or fewer under ``max_seconds``; with ``area_samples``: the unbiased estimate
     of the full loss, ``(K - 2) / area_samples`` times the sampled sum); ``passes`` ``[B]``,
     the model image-passes spent on each image (forward + input-gradient backward of one
     masked image = 1; the init map's pass included; the one forward pass of the clean image is not counted);
