@@ -65,6 +65,9 @@ class SaSConfig:
     implicit_grad: bool = True    # differentiate through the thresholds (proto; docs/SPEC.md section 3)
     threshold_tol: float = 1e-4   # stop the threshold solve at max |area residual| < tol (proto)
     threshold_max_iter: int = 50  # Levenberg-Marquardt step cap of the threshold solve (ours)
+    coarse_block: int = 1         # in the coarse phase the pre-mask moves in blocks of this many pixels square
+                                  # (its gradient averaged per block; 1: no coarse phase) (ours)
+    coarse_fraction: float = 0.0  # the coarse phase is the first round(this x iterations) iterations (ours)
     average_tail: float = 0.0     # the map is the schedule of the pre-mask averaged over the last this fraction of
                                   # the iterations (Polyak-Ruppert tail average; 0: the last pre-mask) (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
@@ -126,6 +129,11 @@ class SaSConfig:
         """Model image-passes per explained image spent before the first iteration (the init map)."""
         return 0 if self.init == "noise" else 1
 
+    def coarse_iterations(self) -> int:
+        """The iterations of the coarse phase (``coarse_block`` > 1): the first
+        ``round(coarse_fraction * iterations)``; 0 without one."""
+        return round(self.coarse_fraction * self.iterations) if self.coarse_block > 1 else 0
+
     def average_start(self) -> int | None:
         """The first iteration whose updated pre-mask enters the tail average: the last
         ``max(1, round(average_tail * iterations))`` iterations; None without ``average_tail``."""
@@ -143,7 +151,7 @@ class SaSConfig:
         """Raise ``ValueError`` naming the first out-of-range or mistyped setting."""
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
-        for name in ("num_masks", "iterations", "levels", "seed", "threshold_max_iter"):
+        for name in ("num_masks", "iterations", "levels", "seed", "threshold_max_iter", "coarse_block"):
             if type(getattr(self, name)) is not int:
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.num_masks < 3:
@@ -187,6 +195,16 @@ class SaSConfig:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
         if not (is_real(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
+        if self.coarse_block < 1:
+            raise ValueError(f"coarse_block must be >= 1 (the side of the pixel blocks that move together in "
+                             f"the coarse phase; 1: none), got {self.coarse_block}")
+        if not (is_real(self.coarse_fraction) and 0 <= self.coarse_fraction <= 1):
+            raise ValueError(f"coarse_fraction must be a number in [0, 1] (the fraction of the iterations "
+                             f"that are coarse), got {self.coarse_fraction!r}")
+        if self.cuda_graph and self.coarse_iterations():
+            raise ValueError("cuda_graph=True replays one fixed iteration: it needs no coarse phase "
+                             f"(coarse_block=1 or coarse_fraction=0), got coarse_block={self.coarse_block} "
+                             f"and coarse_fraction={self.coarse_fraction!r}")
         if not (is_real(self.average_tail) and 0 <= self.average_tail <= 1):
             raise ValueError(f"average_tail must be a number in [0, 1] (the fraction of the iterations whose "
                              f"pre-masks are averaged), got {self.average_tail!r}")

@@ -2,7 +2,8 @@
 gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its per-area
 gradients combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step
 (learning rate ``config.lr`` times ``config.lr_factor(i)`` at iteration i, betas
-``config.betas``; with ``sharpness_start`` the masks' sharpness of iteration i is
+``config.betas``; in the first ``config.coarse_iterations()`` iterations the gradient averaged
+over blocks of ``coarse_block`` x ``coarse_block`` pixels, :func:`block_mean`; with ``sharpness_start`` the masks' sharpness of iteration i is
 ``config.sharpness_at(i)``), keep the thresholds for the next solve's warm start. Eager, or
 replayed from a CUDA graph.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
 from .config import SaSConfig
 from .control_variate import AreaGradientTable
@@ -27,6 +29,20 @@ from .step import Objective, StepConstants, StepResult, mask_areas, sas_step
 
 #: eager iterations before the capture (PyTorch's CUDA-graph notes ask for a few on a side stream)
 WARMUP = 3
+
+
+def block_mean(grad: torch.Tensor, block: int) -> torch.Tensor:
+    """``grad`` (``... x H x W``) with each ``block x block`` tile (from the top left; the last row
+    and column of tiles may be cut by the border) replaced by its mean.
+
+    Adam normalises each coordinate's step, so Adam on the pre-mask with this gradient takes the
+    same steps as Adam on a ``block``-times coarser offset ``Q`` of the pre-mask (the pre-mask its
+    start plus ``Q`` repeated over each tile, whose gradient is the tile's sum): the coarse phase
+    optimises a lower-resolution pre-mask, then the fine phase refines every pixel.
+    """
+    h, w = grad.shape[-2:]
+    mean = F.avg_pool2d(grad, block, ceil_mode=True)      # a cut tile: the mean of its pixels in the image
+    return mean.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :h, :w].contiguous()
 
 
 class IterationRunner:
@@ -100,6 +116,8 @@ class IterationRunner:
             config = dataclasses.replace(config, sharpness=config.sharpness_at(self.calls - 1))
         result = sas_step(self.premask, self.pyramid, self.objective, config, warm, areas,
                           constants=self.constants, combine=combine)
+        if self.calls <= config.coarse_iterations():
+            self.premask.grad = block_mean(self.premask.grad, config.coarse_block)
         self.optimizer.step()
         if self.decay is not None:
             self.decay.step()

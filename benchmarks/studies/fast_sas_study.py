@@ -104,7 +104,21 @@ FAMILIES = {
     "sample2-const-avg0.5": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5},
     # not a candidate: fastest from another seed (start and area draws), the run-to-run spread of its distances
     "sample2-const-avg0.5-seed1": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "seed": 1},
+    # the seventh round: a larger constant lr, one area, a longer tail, coarse-to-fine; fixed before its results
+    "sample2-const-lr0.2-avg0.5": {"area_samples": 2, "lr": 0.2, "average_tail": 0.5},
+    "sample1-const-avg0.5": {"area_samples": 1, "lr": 0.1, "average_tail": 0.5},
+    "sample2-const-avg0.75": {"area_samples": 2, "lr": 0.1, "average_tail": 0.75},
+    "sample2-const-avg0.5-c2f4": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "coarse_block": 4,
+                                  "coarse_fraction": 0.25},
+    "sample2-const-avg0.5-c2f2": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "coarse_block": 2,
+                                  "coarse_fraction": 0.5},
 }
+#: the seventh round's candidates from seed 1 (another start and other area draws): its evaluation
+#: reads each method as the mean of its two seeds' maps' Overall per image (:func:`seed_means`)
+SEVENTH_ROUND = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-const-avg0.75",
+                 "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2")
+FAMILIES.update({f"{family}-seed1": {**FAMILIES[family], "seed": 1} for family in SEVENTH_ROUND})
+SEEDS = " (seeds 0, 1)"             # the name of a method's two-seed mean
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
 
@@ -165,8 +179,23 @@ def add(results: dict, key: str, new: dict) -> None:
     old["overall"] += new["overall"]
 
 
+def seed_means(results: dict) -> dict:
+    """``results`` and, for every ``FAMILY@P`` stored with ``FAMILY-seed1@P``, ``FAMILY@P (seeds 0, 1)``:
+    per image the mean Overall of the two seeds' maps (the expected quality of the method, less
+    the run-to-run spread of one seed)."""
+    out = dict(results)
+    for name, r in results.items():
+        family, _, passes = name.partition("@")
+        other = results.get(f"{family}-seed1@{passes}")
+        if passes and other is not None and len(other["overall"]) == len(r["overall"]):
+            secs = [x["seconds"] for x in (r, other) if x.get("seconds") is not None]
+            out[name + SEEDS] = {"passes": r["passes"], "overall": np.add(r["overall"], other["overall"]) / 2,
+                                 "seconds": sum(secs) / len(secs) if secs else None}
+    return out
+
+
 def markdown(data: dict, reference: str) -> str:
-    results = data["results"]
+    results = seed_means(data["results"])
     cuts = {r["passes"]: r for k, r in results.items() if k.startswith("cut@") or k == "default"}
     lines = [data["header"], "",
              f"| method | passes / image | Overall ± se | paired Δ vs {reference} (wins) "
@@ -197,7 +226,7 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
     settings, diffs, precisions = [], {}, set()
     for path in sorted(out.glob(f"fast_{split}_*.json")):
         data = json.loads(path.read_text())
-        results = data["results"]
+        results = seed_means(data["results"])
         if reference not in results:
             continue
         settings.append(path.stem.replace(f"fast_{split}_", ""))
@@ -226,7 +255,7 @@ def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) ->
     """Rows of ``benchmarks/results/rows/presets.jsonl`` (``benchmarks/rows.py``): each of ``methods``
     paired against ``reference`` on the images both scored; the setting names the SaS model's
     precision when the runs were not bf16 (the studies' precision)."""
-    results, out = data["results"], []
+    results, out = seed_means(data["results"]), []
     suffix = precision_suffix({data.get("precision", "bf16")})
     for name in methods:
         if name == reference or name not in results or reference not in results:
@@ -318,8 +347,9 @@ def main(argv=None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for name in names:
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]    # a two-seed mean is read, not run
+    runs = [name for name in names if not name.endswith(SEEDS)]
+    for name in runs + [name[:-len(SEEDS)] for name in names if name.endswith(SEEDS)]:
         method_options(name)
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models")
@@ -342,11 +372,11 @@ def main(argv=None) -> int:
         if args.split != "evaluation" or not data["results"]:
             raise SystemExit("--more adds evaluation images to an existing evaluation run in --out")
         more = stratified_indices(labels_all, args.more, exclude_mod=(10, 1), exclude=data["indices"])
-        names = [name for name in data["results"] if not name.startswith("cut@")]
+        runs = names = [name for name in data["results"] if not name.startswith("cut@")]
         indices = np.concatenate([data["indices"], more])
     new = indices[len(data["indices"]):] if args.more else indices
     images, labels = load_npz_dataset(args.dataset, args.shared / "data", new)
-    todo = names if args.more else [name for name in names if name not in data["results"]]
+    todo = runs if args.more else [name for name in runs if name not in data["results"]]
     if todo:                                        # the header says how the stored runs were made
         data["header"] = (f"### {args.dataset} / {args.arch}, {args.split} images: N = {len(indices)}, SaS model "
                           f"{args.precision}, CPU ({torch.backends.cpu.get_cpu_capability()}, "
