@@ -71,6 +71,7 @@ class SaSConfig:
     average_tail: float = 0.0     # the map is the schedule of the pre-mask averaged over the last this fraction of
                                   # the iterations (Polyak-Ruppert tail average; 0: the last pre-mask) (ours)
     seed: int = 0                 # pre-mask init N(0, 1) from torch.Generator(seed) (proto)
+    noise_scale: float = 1.0      # the pre-mask starts at this times that N(0, 1) noise (ours; proto: 1)
     init: str = "noise"           # noise | gradient | guided_backprop: add a one-pass map's Gaussian ranks (ours,
                                   # sas_fast/initial.py; class saliency only)
     init_scale: float = 1.0       # weight of that map against the N(0, 1) noise (ours)
@@ -193,6 +194,9 @@ class SaSConfig:
             raise ValueError(f"channels_last must be True, False or None, got {self.channels_last!r}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INITS}")
+        if not (is_real(self.noise_scale) and self.noise_scale > 0):
+            raise ValueError(f"noise_scale must be a finite number > 0 (the standard deviation of the "
+                             f"pre-mask's random start), got {self.noise_scale!r}")
         if not (is_real(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale must be a finite number > 0, got {self.init_scale!r}")
         if self.coarse_block < 1:

@@ -1,9 +1,12 @@
 """Where SaS's pre-mask starts: seeded N(0, 1) noise, optionally plus a one-pass attribution map.
 
-``init="noise"`` (docs/SPEC.md section 2.1, proto): ``pm = n``, ``n ~ N(0, 1)`` drawn from
-``torch.Generator().manual_seed(seed)``, the same draw for every image.
+``init="noise"`` (docs/SPEC.md section 2.1, proto): ``pm = sigma n``, ``n ~ N(0, 1)`` drawn from
+``torch.Generator().manual_seed(seed)``, the same draw for every image, ``sigma = noise_scale``
+(proto: 1). The schedule's order among pixels whose gradient is weak or noisy stays the start's
+until Adam's steps (about ``lr`` each) outweigh ``sigma``; a smaller ``sigma`` hands that order to
+the gradient sooner.
 
-``init="gradient"`` / ``"guided_backprop"`` (ours): ``pm = n + init_scale * G``. The map
+``init="gradient"`` / ``"guided_backprop"`` (ours): ``pm = sigma n + init_scale * G``. The map
 ``A = max_c |d z_target / d x_c|`` costs one model pass per image (forward + input-gradient
 backward; Guided BP: the same pass with the guided rule of :mod:`sas_fast.guided`). Its pixel ranks
 are mapped to standard-normal quantiles, ``G_i = Phi^-1((rank_i + 1/2) / (H W))`` (ties by pixel
@@ -51,10 +54,11 @@ def init_map(objective: Objective, images: torch.Tensor, method: str, bf16: bool
 def initial_premask(noise: torch.Tensor, objective: Objective, images: torch.Tensor,
                     config: SaSConfig) -> torch.Tensor:
     """The starting pre-mask ``B x 1 x (H + 2r) x (W + 2r)`` (a new leaf that requires grad) from
-    ``noise`` (``1 x 1 x (H + 2r) x (W + 2r)``, N(0, 1)) and ``config.init`` / ``init_scale``."""
+    ``noise`` (``1 x 1 x (H + 2r) x (W + 2r)``, N(0, 1)), ``config.noise_scale`` and ``config.init`` /
+    ``init_scale``."""
     b = images.shape[0]
-    premask = noise.expand(b, -1, -1, -1).to(images.device, torch.float64 if images.dtype == torch.float64
-                                            else torch.float32)
+    premask = config.noise_scale * noise.expand(b, -1, -1, -1).to(
+        images.device, torch.float64 if images.dtype == torch.float64 else torch.float32)
     if config.init != "noise":
         r = config.window // 2
         shape = gaussian_ranks(init_map(objective, images, config.init, config.precision == "bf16"))

@@ -57,6 +57,21 @@ def test_start_is_noise_plus_scaled_ranks_seeded_and_batch_independent(init):
     assert torch.equal(plain.detach(), noise.expand(3, -1, -1, -1))
 
 
+def test_noise_scale_scales_the_random_start_only():
+    net, x, t = model(), images(2), torch.tensor([0, 1])
+    noise = torch.randn(1, 1, 16, 14, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    config = make_config(window=5, noise_scale=0.25).resolved(12, 10)
+    start = initial_premask(noise, Objective(net, x, t), x, config)
+    assert torch.equal(start.detach(), 0.25 * noise.expand(2, -1, -1, -1))
+    mixed = initial_premask(noise, Objective(net, x, t), x, make_config(
+        window=5, noise_scale=0.25, init="gradient", init_scale=2.0).resolved(12, 10))
+    ranks = gaussian_ranks(init_map(Objective(net, x, t), x, "gradient", bf16=False))
+    assert torch.allclose(mixed[:, 0, 2:-2, 2:-2] - 0.25 * noise[0, 0, 2:-2, 2:-2], 2.0 * ranks)
+    runs = [attribute(net, x, [0, 1], iterations=3, num_masks=5, progress=False)]
+    runs += [attribute(net, x, [0, 1], iterations=3, num_masks=5, noise_scale=s, progress=False) for s in (1.0, 0.1)]
+    assert torch.equal(runs[0], runs[1]) and (runs[0] - runs[2]).abs().max() > 1e-3
+
+
 def test_trace_counts_the_init_pass_and_a_seed_gives_one_map():
     net, x = model(), images(2)
     a, trace = attribute(net, x, [0, 1], iterations=2, num_masks=5, init="gradient", return_trace=True,
@@ -71,6 +86,9 @@ def test_trace_counts_the_init_pass_and_a_seed_gives_one_map():
     ({"init": "gradcam"}, "unknown init 'gradcam'"),
     ({"init": "gradient", "init_scale": 0.0}, "init_scale must be a finite number > 0"),
     ({"init": "gradient", "init_scale": float("inf")}, "init_scale must be a finite number > 0"),
+    ({"noise_scale": 0.0}, "noise_scale must be a finite number > 0"),
+    ({"noise_scale": float("nan")}, "noise_scale must be a finite number > 0"),
+    ({"noise_scale": "small"}, "noise_scale must be a finite number > 0"),
 ])
 def test_bad_init_settings_are_refused(options, message):
     with pytest.raises(ValueError, match=message):

@@ -112,12 +112,18 @@ FAMILIES = {
                                   "coarse_fraction": 0.25},
     "sample2-const-avg0.5-c2f2": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "coarse_block": 2,
                                   "coarse_fraction": 0.5},
+    # the eighth round: a smaller random start (noise_scale), fixed before its results
+    "sample2-const-avg0.5-noise0.3": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.3},
+    "sample2-const-avg0.5-noise0.1": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.1},
+    "sample2-const-avg0.5-noise0.03": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.03},
+    "sample1-const-avg0.5-noise0.1": {"area_samples": 1, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.1},
 }
-#: the seventh round's candidates from seed 1 (another start and other area draws): its evaluation
-#: reads each method as the mean of its two seeds' maps' Overall per image (:func:`seed_means`)
-SEVENTH_ROUND = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-const-avg0.75",
-                 "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2")
-FAMILIES.update({f"{family}-seed1": {**FAMILIES[family], "seed": 1} for family in SEVENTH_ROUND})
+#: the candidates of the seventh and eighth rounds from seed 1 (another start and other area draws):
+#: their evaluation reads each method as the mean of its two seeds' maps' Overall per image (:func:`seed_means`)
+TWO_SEEDS = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-const-avg0.75",
+             "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2", "sample2-const-avg0.5-noise0.3",
+             "sample2-const-avg0.5-noise0.1", "sample2-const-avg0.5-noise0.03", "sample1-const-avg0.5-noise0.1")
+FAMILIES.update({f"{family}-seed1": {**FAMILIES[family], "seed": 1} for family in TWO_SEEDS})
 SEEDS = " (seeds 0, 1)"             # the name of a method's two-seed mean
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
