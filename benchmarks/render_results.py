@@ -27,7 +27,8 @@ TOPICS = [
     ("presets", "Fewer model passes per image",
      "Presets chosen on held-out calibration images and reported on 64 evaluation images per setting, "
      "paired against the paper's schedule (\"default\" in the rows: `paper-cifar`, 7,200 passes); rules: "
-     "`benchmarks/studies/rules.md`; frontier figure `docs/frontier.png`, tables `benchmarks/results/fast/`. SaS runs in bf16 unless the setting says "
+     "`benchmarks/studies/rules.md`; frontier figure `docs/frontier.png`, tables `benchmarks/results/fast/`, every "
+     "round of 450-pass candidates in `benchmarks/results/fast450*/` (`pooled_*.md`). SaS runs in bf16 unless the setting says "
      "otherwise (\"SaS fp32\": the same preset run again in fp32 on the same images, "
      "`benchmarks/results/fast_fp32/`)."),
     ("imagenet", "ImageNet at 224 px",

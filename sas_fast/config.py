@@ -258,7 +258,7 @@ class SaSConfig:
 #: paper schedule (``paper-cifar``, 7,200 passes). ``fast-imagenet`` is the ImageNet schedule cut to
 #: 1/4 (200 iterations). Studies: ``benchmarks/RESULTS.md``, "Fewer model passes per image" and
 #: "ImageNet at 224 px". ``fastest`` (448 passes, 2 of 18 areas per iteration, lr 0.1 held constant,
-#: the map from the pre-mask averaged over the last half of the run) won the sixth of six rounds of
+#: the map from the pre-mask averaged over the last half of the run) won the sixth of eight rounds of
 #: 450-pass candidates on held-out 32-px images and then on the evaluation images (+0.0005 ± 0.0026
 #: over the fifth round's winner, pooled: a tie); it is within 0.01 of the paper schedule on three of
 #: the four 32-px settings (0.015 behind on CIFAR-10 / VGG16): the same section; rules in
