@@ -3,9 +3,9 @@ gradient, :func:`~sas_fast.step.sas_step` (with ``config.control_variate`` its p
 gradients combined by :class:`~sas_fast.control_variate.AreaGradientTable`), Adam step
 (learning rate ``config.lr`` times ``config.lr_factor(i)`` at iteration i, betas
 ``config.betas``; in the first ``config.coarse_iterations()`` iterations the gradient averaged
-over blocks of ``coarse_block`` x ``coarse_block`` pixels, :func:`block_mean`; with ``sharpness_start`` the masks' sharpness of iteration i is
-``config.sharpness_at(i)``), keep the thresholds for the next solve's warm start. Eager, or
-replayed from a CUDA graph.
+over tiles of ``coarse_block`` x ``coarse_block`` pixels, :func:`block_mean`; with
+``sharpness_start`` the masks' sharpness of iteration i is ``config.sharpness_at(i)``), keep
+the thresholds for the next solve's warm start. Eager, or replayed from a CUDA graph.
 
 With ``config.cuda_graph`` the first :data:`WARMUP` iterations run eagerly on a side stream
 (Triton compiles, cuDNN picks its algorithms, the allocator settles); the next call captures one
@@ -36,9 +36,10 @@ def block_mean(grad: torch.Tensor, block: int) -> torch.Tensor:
     and column of tiles may be cut by the border) replaced by its mean.
 
     Adam normalises each coordinate's step, so Adam on the pre-mask with this gradient takes the
-    same steps as Adam on a ``block``-times coarser offset ``Q`` of the pre-mask (the pre-mask its
-    start plus ``Q`` repeated over each tile, whose gradient is the tile's sum): the coarse phase
-    optimises a lower-resolution pre-mask, then the fine phase refines every pixel.
+    same steps (up to Adam's ``eps``) as Adam on a ``block``-times coarser offset ``Q`` of the
+    pre-mask (the pre-mask its start plus ``Q`` repeated over each tile, whose gradient is the
+    tile's sum; tests/test_coarse_phase.py): the coarse phase optimises a lower-resolution
+    pre-mask, then the fine phase refines every pixel.
     """
     h, w = grad.shape[-2:]
     mean = F.avg_pool2d(grad, block, ceil_mode=True)      # a cut tile: the mean of its pixels in the image
