@@ -77,3 +77,14 @@ def test_a_two_seed_mean_is_the_per_image_mean_of_both_seeds(tmp_path, monkeypat
     table = (tmp_path / "pooled_evaluation.md").read_text()
     assert "| sample1-const-avg0.5@450 (seeds 0, 1) | 1 | 2 | +0.1000 ± 0.0000 (2/2) |" in table
     assert study.method_options("sample1-const-avg0.5-seed1@450")["seed"] == 1
+
+
+def test_fresh_calibration_images_avoid_the_used_ones_and_stay_stratified():
+    from benchmarks.studies.calibrate_sas import calibration_indices
+
+    labels = np.arange(400) % 4
+    used = calibration_indices(labels, 8)
+    fresh = calibration_indices(labels, 8, exclude=used)
+    assert len(fresh) == 8 and not set(fresh) & set(used)
+    assert all(i % 10 == 1 for i in fresh) and np.bincount(labels[fresh], minlength=4).tolist() == [2, 2, 2, 2]
+    assert calibration_indices(labels, 8, exclude=[]).tolist() == used.tolist()

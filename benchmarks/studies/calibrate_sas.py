@@ -27,9 +27,10 @@ from sas_fast.evaluate import deletion_game
 from sas_fast.models import load_npz_dataset, load_paper_model, stratified_indices
 
 
-def calibration_indices(labels: np.ndarray, n: int) -> np.ndarray:
-    """``n`` test indices with ``i % 10 == 1``, stratified by class."""
-    pool = np.flatnonzero(np.arange(labels.size) % 10 == 1)
+def calibration_indices(labels: np.ndarray, n: int, exclude=()) -> np.ndarray:
+    """``n`` test indices with ``i % 10 == 1``, stratified by class; none of ``exclude`` (images a
+    study has used before, so a new calibration run gets fresh ones)."""
+    pool = np.setdiff1d(np.flatnonzero(np.arange(labels.size) % 10 == 1), np.asarray(exclude, dtype=np.int64))
     return pool[stratified_indices(labels[pool], n)]
 
 

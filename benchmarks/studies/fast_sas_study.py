@@ -329,6 +329,8 @@ def main(argv=None) -> int:
                     "the results rows (benchmarks/rows.py)")
     ap.add_argument("--reference", default=None, help="method the paired Δ is taken against "
                     "(default: 'default' if run, else cut@1800)")
+    ap.add_argument("--fresh", type=Path, default=None, metavar="DIR", help="a new calibration run takes "
+                    "images that DIR's calibration run of the same setting did not use")
     ap.add_argument("--batch", type=int, default=16, help="images per attribute call")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -368,7 +370,12 @@ def main(argv=None) -> int:
         indices = np.asarray(data["indices"])
     else:
         n = args.n or 16
-        indices = (calibration_indices(labels_all, n) if args.split == "calibration"
+        used = []
+        if args.fresh is not None:
+            if args.split != "calibration":
+                raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
+            used = json.loads((args.fresh / path.name).read_text())["indices"]
+        indices = (calibration_indices(labels_all, n, exclude=used) if args.split == "calibration"
                    else stratified_indices(labels_all, n, exclude_mod=(10, 1)))
         data = {"indices": indices.tolist(), "results": {}}
     if args.n is not None and args.n != len(data["indices"]):
