@@ -56,7 +56,7 @@ def test_the_study_names_of_the_presets_are_their_configs():
 
 
 def test_a_two_seed_mean_is_the_per_image_mean_of_both_seeds(tmp_path, monkeypatch):
-    """``FAMILY@P (seeds 0, 1)`` exists where both seeds ran on the same images, pools like a method
+    """``FAMILY@P (seeds 0 and 1)`` exists where both seeds ran on the same images, pools like a method
     and can be the reference; it is read from the stored runs, never run."""
     def write(name, results):
         (tmp_path / f"fast_evaluation_{name}.json").write_text(json.dumps(
@@ -66,16 +66,16 @@ def test_a_two_seed_mean_is_the_per_image_mean_of_both_seeds(tmp_path, monkeypat
                             "sample1-const-avg0.5@450": [0.7, 0.5], "sample1-const-avg0.5-seed1@450": [0.5, 0.5],
                             "sample2-const-avg0.75@450": [0.1, 0.1], "sample2-const-avg0.75-seed1@450": [0.1]})
     results = study.seed_means(json.loads((tmp_path / "fast_evaluation_mnist_resnet8.json").read_text())["results"])
-    np.testing.assert_allclose(results["sample2-const-avg0.5@450 (seeds 0, 1)"]["overall"], [0.5, 0.4])
-    np.testing.assert_allclose(results["sample1-const-avg0.5@450 (seeds 0, 1)"]["overall"], [0.6, 0.5])
-    assert "sample2-const-avg0.75@450 (seeds 0, 1)" not in results        # not the same images
+    np.testing.assert_allclose(results["sample2-const-avg0.5@450 (seeds 0 and 1)"]["overall"], [0.5, 0.4])
+    np.testing.assert_allclose(results["sample1-const-avg0.5@450 (seeds 0 and 1)"]["overall"], [0.6, 0.5])
+    assert "sample2-const-avg0.75@450 (seeds 0 and 1)" not in results        # not the same images
     assert not any(name.startswith("sample2-const-avg0.5-seed1@450 (") for name in results)
     monkeypatch.setattr(benchmarks.rows, "RESULTS", tmp_path / "rows")
-    argv = ["--pooled", "--split", "evaluation", "--reference", "sample2-const-avg0.5@450 (seeds 0, 1)",
+    argv = ["--pooled", "--split", "evaluation", "--reference", "sample2-const-avg0.5@450 (seeds 0 and 1)",
             "--out", str(tmp_path)]
     assert study.main(argv) == 0
     table = (tmp_path / "pooled_evaluation.md").read_text()
-    assert "| sample1-const-avg0.5@450 (seeds 0, 1) | 1 | 2 | +0.1000 ± 0.0000 (2/2) |" in table
+    assert "| sample1-const-avg0.5@450 (seeds 0 and 1) | 1 | 2 | +0.1000 ± 0.0000 (2/2) |" in table
     assert study.method_options("sample1-const-avg0.5-seed1@450")["seed"] == 1
 
 

@@ -124,7 +124,7 @@ TWO_SEEDS = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-cons
              "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2", "sample2-const-avg0.5-noise0.3",
              "sample2-const-avg0.5-noise0.1", "sample2-const-avg0.5-noise0.03", "sample1-const-avg0.5-noise0.1")
 FAMILIES.update({f"{family}-seed1": {**FAMILIES[family], "seed": 1} for family in TWO_SEEDS})
-SEEDS = " (seeds 0, 1)"             # the name of a method's two-seed mean
+SEEDS = " (seeds 0 and 1)"             # the name of a method's two-seed mean
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
 
 
@@ -186,7 +186,7 @@ def add(results: dict, key: str, new: dict) -> None:
 
 
 def seed_means(results: dict) -> dict:
-    """``results`` and, for every ``FAMILY@P`` stored with ``FAMILY-seed1@P``, ``FAMILY@P (seeds 0, 1)``:
+    """``results`` and, for every ``FAMILY@P`` stored with ``FAMILY-seed1@P``, ``FAMILY@P (seeds 0 and 1)``:
     per image the mean Overall of the two seeds' maps (the expected quality of the method, less
     the run-to-run spread of one seed)."""
     out = dict(results)
@@ -267,7 +267,8 @@ def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) ->
         if name == reference or name not in results or reference not in results:
             continue
         r = results[name]
-        label = f"{PRESET_NAMES[name]} = {name}" if name in PRESET_NAMES else name
+        preset = PRESET_NAMES.get(name[:-len(SEEDS)] if name.endswith(SEEDS) else name)
+        label = f"{preset} = {name}" if preset else name
         out.append({"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {len(r['overall'])}{suffix}",
                     "metric": f"{label} ({r['passes']:,} passes) − {reference}, Overall, paired",
                     "value": paired(r["overall"], results[reference]["overall"])})
