@@ -88,3 +88,14 @@ def test_fresh_calibration_images_avoid_the_used_ones_and_stay_stratified():
     assert len(fresh) == 8 and not set(fresh) & set(used)
     assert all(i % 10 == 1 for i in fresh) and np.bincount(labels[fresh], minlength=4).tolist() == [2, 2, 2, 2]
     assert calibration_indices(labels, 8, exclude=[]).tolist() == used.tolist()
+
+
+def test_fresh_needs_a_calibration_run_to_avoid(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="--fresh: no calibration run"):
+        study.main(["--split", "calibration", "--fresh", str(tmp_path), "--out", str(tmp_path / "new"),
+                    "--methods", "sample2-const-avg0.5@450"])
+    with pytest.raises(SystemExit, match="needs --split calibration"):
+        study.main(["--split", "evaluation", "--fresh", str(tmp_path), "--out", str(tmp_path / "new"),
+                    "--methods", "sample2-const-avg0.5@450"])

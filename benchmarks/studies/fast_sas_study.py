@@ -360,6 +360,12 @@ def main(argv=None) -> int:
     runs = [name for name in names if not name.endswith(SEEDS)]
     for name in runs + [name[:-len(SEEDS)] for name in names if name.endswith(SEEDS)]:
         method_options(name)
+    if args.fresh is not None:
+        used = args.fresh / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
+        if args.split != "calibration":
+            raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
+        if not used.exists():
+            raise SystemExit(f"--fresh: no calibration run {used} whose images to avoid")
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models")
     with np.load(args.shared / "data" / args.dataset / "test.npz") as archive:
@@ -371,11 +377,7 @@ def main(argv=None) -> int:
         indices = np.asarray(data["indices"])
     else:
         n = args.n or 16
-        used = []
-        if args.fresh is not None:
-            if args.split != "calibration":
-                raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
-            used = json.loads((args.fresh / path.name).read_text())["indices"]
+        used = [] if args.fresh is None else json.loads((args.fresh / path.name).read_text())["indices"]
         indices = (calibration_indices(labels_all, n, exclude=used) if args.split == "calibration"
                    else stratified_indices(labels_all, n, exclude_mod=(10, 1)))
         data = {"indices": indices.tolist(), "results": {}}
