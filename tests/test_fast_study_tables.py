@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import benchmarks.rows
 from benchmarks.studies import fast_sas_study as study
@@ -91,8 +92,6 @@ def test_fresh_calibration_images_avoid_the_used_ones_and_stay_stratified():
 
 
 def test_fresh_needs_a_calibration_run_to_avoid(tmp_path):
-    import pytest
-
     with pytest.raises(SystemExit, match="--fresh: no calibration run"):
         study.main(["--split", "calibration", "--fresh", str(tmp_path), "--out", str(tmp_path / "new"),
                     "--methods", "sample2-const-avg0.5@450"])

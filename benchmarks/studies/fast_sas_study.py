@@ -118,7 +118,7 @@ FAMILIES = {
     "sample2-const-avg0.5-noise0.03": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.03},
     "sample1-const-avg0.5-noise0.1": {"area_samples": 1, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.1},
 }
-#: the candidates of the seventh and eighth rounds from seed 1 (another start and other area draws):
+#: the candidates of the seventh to ninth rounds from seed 1 (another start and other area draws):
 #: their evaluation reads each method as the mean of its two seeds' maps' Overall per image (:func:`seed_means`)
 TWO_SEEDS = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-const-avg0.75",
              "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2", "sample2-const-avg0.5-noise0.3",
@@ -267,7 +267,7 @@ def result_rows(data: dict, reference: str, dataset: str, arch: str, methods) ->
         if name == reference or name not in results or reference not in results:
             continue
         r = results[name]
-        preset = PRESET_NAMES.get(name[:-len(SEEDS)] if name.endswith(SEEDS) else name)
+        preset = PRESET_NAMES.get(name.removesuffix(SEEDS))
         label = f"{preset} = {name}" if preset else name
         out.append({"setting": f"{SETTING_NAMES[dataset]} / {SETTING_NAMES[arch]}, N = {len(r['overall'])}{suffix}",
                     "metric": f"{label} ({r['passes']:,} passes) − {reference}, Overall, paired",
@@ -358,14 +358,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]    # a two-seed mean is read, not run
     runs = [name for name in names if not name.endswith(SEEDS)]
-    for name in runs + [name[:-len(SEEDS)] for name in names if name.endswith(SEEDS)]:
-        method_options(name)
-    if args.fresh is not None:
-        used = args.fresh / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
-        if args.split != "calibration":
-            raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
-        if not used.exists():
-            raise SystemExit(f"--fresh: no calibration run {used} whose images to avoid")
+    for name in names:
+        method_options(name.removesuffix(SEEDS))
+    avoid = None if args.fresh is None else args.fresh / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
+    if avoid is not None and args.split != "calibration":
+        raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
+    if avoid is not None and not avoid.exists():
+        raise SystemExit(f"--fresh: no calibration run {avoid} whose images to avoid")
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models")
     with np.load(args.shared / "data" / args.dataset / "test.npz") as archive:
@@ -377,7 +376,7 @@ def main(argv=None) -> int:
         indices = np.asarray(data["indices"])
     else:
         n = args.n or 16
-        used = [] if args.fresh is None else json.loads((args.fresh / path.name).read_text())["indices"]
+        used = [] if avoid is None else json.loads(avoid.read_text())["indices"]
         indices = (calibration_indices(labels_all, n, exclude=used) if args.split == "calibration"
                    else stratified_indices(labels_all, n, exclude_mod=(10, 1)))
         data = {"indices": indices.tolist(), "results": {}}
