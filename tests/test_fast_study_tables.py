@@ -95,6 +95,12 @@ def test_fresh_needs_a_calibration_run_to_avoid(tmp_path):
     with pytest.raises(SystemExit, match="--fresh: no calibration run"):
         study.main(["--split", "calibration", "--fresh", str(tmp_path), "--out", str(tmp_path / "new"),
                     "--methods", "sample2-const-avg0.5@450"])
+    done = tmp_path / "done"                      # one folder with the setting's run, one without
+    done.mkdir()
+    (done / "fast_calibration_cifar10_resnet8.json").write_text('{"indices": [1, 11]}')
+    with pytest.raises(SystemExit, match=f"no calibration run {tmp_path / 'empty'}"):
+        study.main(["--split", "calibration", "--fresh", str(done), str(tmp_path / "empty"),
+                    "--out", str(tmp_path / "new"), "--methods", "sample2-const-avg0.5@450"])
     with pytest.raises(SystemExit, match="needs --split calibration"):
         study.main(["--split", "evaluation", "--fresh", str(tmp_path), "--out", str(tmp_path / "new"),
                     "--methods", "sample2-const-avg0.5@450"])

@@ -117,12 +117,16 @@ FAMILIES = {
     "sample2-const-avg0.5-noise0.1": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.1},
     "sample2-const-avg0.5-noise0.03": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.03},
     "sample1-const-avg0.5-noise0.1": {"area_samples": 1, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.1},
+    # the tenth round: start scales between fastest's 0.1 and the proto's 1, fixed before their results
+    "sample2-const-avg0.5-noise0.5": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.5},
+    "sample2-const-avg0.5-noise0.7": {"area_samples": 2, "lr": 0.1, "average_tail": 0.5, "noise_scale": 0.7},
 }
-#: the candidates of the seventh to ninth rounds from seed 1 (another start and other area draws):
+#: the candidates of the seventh to tenth rounds from seed 1 (another start and other area draws):
 #: their evaluation reads each method as the mean of its two seeds' maps' Overall per image (:func:`seed_means`)
 TWO_SEEDS = ("sample2-const-lr0.2-avg0.5", "sample1-const-avg0.5", "sample2-const-avg0.75",
              "sample2-const-avg0.5-c2f4", "sample2-const-avg0.5-c2f2", "sample2-const-avg0.5-noise0.3",
-             "sample2-const-avg0.5-noise0.1", "sample2-const-avg0.5-noise0.03", "sample1-const-avg0.5-noise0.1")
+             "sample2-const-avg0.5-noise0.1", "sample2-const-avg0.5-noise0.03", "sample1-const-avg0.5-noise0.1",
+             "sample2-const-avg0.5-noise0.5", "sample2-const-avg0.5-noise0.7")
 FAMILIES.update({f"{family}-seed1": {**FAMILIES[family], "seed": 1} for family in TWO_SEEDS})
 SEEDS = " (seeds 0 and 1)"             # the name of a method's two-seed mean
 DEFAULT_CUTS = (12, 25, 50, 100)      # iterations of the default whose maps are kept
@@ -330,8 +334,8 @@ def main(argv=None) -> int:
                     "the results rows (benchmarks/rows.py)")
     ap.add_argument("--reference", default=None, help="method the paired Δ is taken against "
                     "(default: 'default' if run, else cut@1800)")
-    ap.add_argument("--fresh", type=Path, default=None, metavar="DIR", help="a new calibration run takes "
-                    "images that DIR's calibration run of the same setting did not use")
+    ap.add_argument("--fresh", type=Path, nargs="+", default=(), metavar="DIR", help="a new calibration run "
+                    "takes images that none of the DIRs' calibration runs of the same setting used")
     ap.add_argument("--batch", type=int, default=16, help="images per attribute call")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -360,11 +364,12 @@ def main(argv=None) -> int:
     runs = [name for name in names if not name.endswith(SEEDS)]
     for name in names:
         method_options(name.removesuffix(SEEDS))
-    avoid = None if args.fresh is None else args.fresh / f"fast_{args.split}_{args.dataset}_{args.arch}.json"
-    if avoid is not None and args.split != "calibration":
+    avoid = [folder / f"fast_{args.split}_{args.dataset}_{args.arch}.json" for folder in args.fresh]
+    if avoid and args.split != "calibration":
         raise SystemExit("--fresh draws new calibration images: it needs --split calibration")
-    if avoid is not None and not avoid.exists():
-        raise SystemExit(f"--fresh: no calibration run {avoid} whose images to avoid")
+    for run_file in avoid:
+        if not run_file.exists():
+            raise SystemExit(f"--fresh: no calibration run {run_file} whose images to avoid")
 
     model = load_paper_model(args.arch, args.dataset, args.shared / "models")
     with np.load(args.shared / "data" / args.dataset / "test.npz") as archive:
@@ -376,7 +381,7 @@ def main(argv=None) -> int:
         indices = np.asarray(data["indices"])
     else:
         n = args.n or 16
-        used = [] if avoid is None else json.loads(avoid.read_text())["indices"]
+        used = [i for run_file in avoid for i in json.loads(run_file.read_text())["indices"]]
         indices = (calibration_indices(labels_all, n, exclude=used) if args.split == "calibration"
                    else stratified_indices(labels_all, n, exclude_mod=(10, 1)))
         data = {"indices": indices.tolist(), "results": {}}
