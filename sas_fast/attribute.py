@@ -284,9 +284,9 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
             image's result does not depend on its batch-mates).
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cpp"`` (see :mod:`sas_fast.ops`).
         preset: a name in :data:`sas_fast.config.PRESETS` (or a ``SaSConfig``) whose settings
-            the arguments given override. ``"default"`` is the ``fast`` schedule (3 of the
-            ``num_masks - 2`` inner areas per iteration, so ``num_masks - 2`` must be a multiple
-            of 3, or pass ``area_samples``); ``"paper-cifar"`` is the paper's (every area).
+            the arguments given override. ``"default"`` is the ``fastest`` schedule (2 of the
+            ``num_masks - 2`` inner areas per iteration, so ``num_masks - 2`` must be even, or
+            pass ``area_samples``); ``"paper-cifar"`` is the paper's (every area).
         return_trace: also return a :class:`SaSTrace` (figure-3 score profiles).
         progress: show a progress bar (None: only on a terminal).
         additional_forward_args: extra positional arguments of ``model``; tensors whose first

@@ -217,7 +217,7 @@ def _photo_arguments(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--model", default="efficientnet-lite0")
     p.add_argument("--target", type=int, default=None, help="class index (default: top-1)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help=f"SaS preset (default 'default', the 'fast' schedule; with --demo {DEMO_PRESET} cut "
+                   help=f"SaS preset (default 'default', the 'fastest' schedule; with --demo {DEMO_PRESET} cut "
                         f"to {DEMO_ITERATIONS} iterations)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"optimisation steps (default: the preset's; {DEMO_ITERATIONS} with --demo)")

@@ -110,14 +110,14 @@ class _SaS:
             >>> conv = torch.nn.Conv2d(3, 10, 3, padding=1)     # a 10-class toy classifier
             >>> model = torch.nn.Sequential(conv, torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten())
             >>> images = torch.rand(2, 3, 16, 16)               # B x C x H x W
-            >>> sas = sas_fast.SaS(model.eval(), iterations=5, num_masks=5)
+            >>> sas = sas_fast.SaS(model.eval(), iterations=5, num_masks=6)
             >>> attr, trace = sas.attribute(images, target=torch.tensor([3, 7]), return_trace=True)
             >>> attr.shape
             torch.Size([2, 1, 16, 16])
             >>> float(attr.amin()), float(attr.amax())
             (0.0, 1.0)
-            >>> trace.passes                                # 5 iterations x 3 areas x 2 modes
-            tensor([30, 30])
+            >>> trace.passes                                # 5 iterations x 2 areas x 2 modes
+            tensor([20, 20])
         """
         out = run_sas(self.forward_func, inputs, target, layer=self.layer, config=self.config,
                       return_trace=return_trace, progress=progress,

@@ -119,16 +119,17 @@ def test_presets_are_honoured_by_attribute_and_sas(model, monkeypatch):
     assert make_config("paper-imagenet").iterations == 800
 
 
-def test_the_default_preset_is_the_fast_schedule_and_the_fields_are_the_papers(model):
-    assert make_config() == make_config("fast") == SaSConfig(iterations=300, area_samples=3, lr=0.1,
-                                                             lr_decay="cosine")
+def test_the_default_preset_is_the_fastest_schedule_and_the_fields_are_the_papers(model):
+    assert make_config() == make_config("fastest") == SaSConfig(iterations=112, area_samples=2, lr=0.1,
+                                                                average_tail=0.5, noise_scale=0.5)
+    assert make_config("fast") == SaSConfig(iterations=300, area_samples=3, lr=0.1, lr_decay="cosine")
     paper = make_config("paper-cifar")
     assert paper == SaSConfig() and paper.iterations * paper.passes_per_iteration() == 7200
     _, trace = attribute(model, textured_images(1), 0, iterations=2, return_trace=True)
-    assert int(trace.passes[0]) == 2 * 3 * 2            # 3 areas x 2 modes per iteration
-    # a num_masks the default's 3 strata cannot split: the error says what to pass
-    with pytest.raises(ValueError, match=r"one of \[1, 2, 4, 8\] or None, got 3 .*preset='paper-cifar'"):
-        attribute(model, textured_images(1), 0, num_masks=10)
+    assert int(trace.passes[0]) == 2 * 2 * 2            # 2 areas x 2 modes per iteration
+    # a num_masks the default's 2 strata cannot split: the error says what to pass
+    with pytest.raises(ValueError, match=r"one of \[1, 3, 9\] or None, got 2 .*preset='paper-cifar'"):
+        attribute(model, textured_images(1), 0, num_masks=11)
 
 
 @pytest.mark.parametrize("preset, share", [("fast", 4), ("fastest", 16)])

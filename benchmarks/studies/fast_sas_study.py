@@ -257,7 +257,7 @@ def pooled(out: Path, split: str, reference: str) -> tuple:
 
 
 #: the presets the study chose, by their study names
-PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-const-avg0.5-noise0.1@450": "fastest"}
+PRESET_NAMES = {"sample3-cosine@1800": "fast", "sample2-const-avg0.5-noise0.5@450": "fastest"}
 SETTING_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "resnet8": "ResNet8", "vgg16": "VGG16"}
 
 

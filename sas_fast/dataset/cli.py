@@ -90,7 +90,7 @@ def add_cli_arguments(subparsers) -> None:
                    help="sas (default) or a baseline; one output folder per method")
     p.add_argument("--batch-size", type=int, default=32, help="images per SaS batch (default 32)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="SaS preset (default 'default', the fast schedule: 1,800 passes per image; "
+                   help="SaS preset (default 'default', the fastest schedule: 448 passes per image; "
                         "'paper-cifar': the paper's, 7,200)")
     p.add_argument("--iterations", type=int, default=None, help="SaS iterations (default: the preset's)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
