@@ -321,7 +321,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target=None, *, mode: str 
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
         >>> images = torch.randn(2, 3, 16, 12)          # B x C x H x W, any H, W >= window
-        >>> saliency = sas_fast.attribute(model, images, target=3, iterations=5, num_masks=5)
+        >>> saliency = sas_fast.attribute(model, images, target=3, iterations=5, num_masks=6)
         >>> saliency.shape, saliency.dtype
         (torch.Size([2, 16, 12]), torch.float32)
         >>> float(saliency.amin()), float(saliency.amax())

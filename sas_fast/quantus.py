@@ -71,7 +71,7 @@ def explain(model: nn.Module, inputs, targets=None, method: str = "sas", device=
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
         ...                             torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
         >>> x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
-        >>> a = sas_fast.quantus.explain(model, x, np.array([1, 7]), iterations=3, num_masks=5,
+        >>> a = sas_fast.quantus.explain(model, x, np.array([1, 7]), iterations=3, num_masks=6,
         ...                              device="cpu")
         >>> type(a).__name__, a.shape, a.dtype
         ('ndarray', (2, 1, 16, 16), dtype('float32'))

@@ -93,7 +93,7 @@ def test_feature_saliency_finds_the_evidence_of_the_layer(model):
 
 def test_trace_records_score_profiles(model):
     images = textured_images()
-    sal, trace = attribute(model, images, 0, iterations=6, num_masks=5, return_trace=True,
+    sal, trace = attribute(model, images, 0, preset="fast", iterations=6, num_masks=5, return_trace=True,
                            trace_iterations=[0, 5])
     assert trace.iterations == [0, 5]
     assert set(trace.scores) == {"insertion", "deletion"}
@@ -387,7 +387,7 @@ def test_half_precision_model_and_images(dtype):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 3)).eval()
     images = torch.randn(2, 3, 20, 24)
-    fp32 = attribute(model, images, 1, iterations=5, precision="fp32")
-    half = attribute(model.to(dtype), images.to(dtype), 1, iterations=5)
+    fp32 = attribute(model, images, 1, preset="fast", iterations=5, precision="fp32")
+    half = attribute(model.to(dtype), images.to(dtype), 1, preset="fast", iterations=5)
     assert half.dtype == torch.float32 and half.shape == (2, 20, 24)
     assert torch.corrcoef(torch.stack([fp32.flatten(), half.flatten()]))[0, 1] > 0.99

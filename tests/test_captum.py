@@ -16,7 +16,7 @@ from tiny_model import make
 captum_attr = pytest.importorskip("captum.attr")
 
 REPO = Path(__file__).resolve().parent.parent
-OPTIONS = dict(iterations=3, num_masks=5, backend="reference", precision="fp32")
+OPTIONS = dict(preset="fast", iterations=3, num_masks=5, backend="reference", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ class NoCaptum:
 
 sys.meta_path.insert(0, NoCaptum())
 model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-explainer = sas_fast.SaS(model.eval(), iterations=2, num_masks=5)
+explainer = sas_fast.SaS(model.eval(), iterations=2, num_masks=6)
 attr = explainer.attribute(torch.rand(2, 3, 8, 8), 1)
 print([c.__name__ for c in type(explainer).__mro__], tuple(attr.shape))
 """

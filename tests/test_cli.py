@@ -29,7 +29,7 @@ def test_demo_schedule_and_preset_are_honoured():
     parse = build_parser().parse_args
     assert _schedule(parse(["explain", "--demo"])) == (DEMO_PRESET, DEMO_ITERATIONS)
     assert DEMO_ITERATIONS < PRESETS[DEMO_PRESET].iterations
-    assert _schedule(parse(["explain", "x.png"])) == ("default", 300)
+    assert _schedule(parse(["explain", "x.png"])) == ("default", 112)
     assert _schedule(parse(["explain", "x.png", "--preset", "fast"])) == ("fast", 300)
     assert _schedule(parse(["compare", "--demo", "--preset", "paper-imagenet"])) == ("paper-imagenet", 800)
     assert _schedule(parse(["explain", "--demo", "--preset", "fast", "--iterations", "7"])) == ("fast", 7)

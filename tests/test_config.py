@@ -43,7 +43,7 @@ def test_parse_option_reads_literals_and_keeps_strings():
     ("seed", None, "seed must be an integer, got None"),
     ("num_masks", "5", "num_masks must be an integer, got '5'"),
     ("threshold_max_iter", 0, "threshold_max_iter must be >= 1"),
-    ("trace_iterations", (0, 300), r"must be iterations of the run, integers in \[0, 299\], got \[300\]"),
+    ("trace_iterations", (0, 112), r"must be iterations of the run, integers in \[0, 111\], got \[112\]"),
     ("trace_iterations", (-1,), r"got \[-1\]"),
     ("trace_iterations", 5, "trace_iterations must be a tuple"),
     ("lr", float("inf"), "lr must be a finite number > 0, got inf"),

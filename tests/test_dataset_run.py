@@ -25,10 +25,10 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SHARED = shared_dir()
 MODEL = "tiny_model:make"
-SETTINGS = dict(batch_size=4, chunk_size=4, iterations=3, window=3, num_masks=5, backend="reference",
+SETTINGS = dict(batch_size=4, chunk_size=4, iterations=3, window=3, num_masks=6, backend="reference",
                 progress=False)
 CLI_SETTINGS = ["--model", MODEL, "--batch-size", "4", "--iterations", "3", "--option", "window=3",
-                "--option", "num_masks=5", "--option", "backend=reference"]
+                "--option", "num_masks=6", "--option", "backend=reference"]
 
 
 def _env(threads=None):
@@ -84,8 +84,8 @@ def test_chunk_contents(reference):
     assert merged["saliency"].min() >= 0 and merged["saliency"].max() <= 1
     np.testing.assert_array_equal(merged["targets"], merged["labels"])
     assert np.all((merged["clean_scores"] > 0) & (merged["clean_scores"] < 1))
-    assert merged["scores_insertion"].shape == merged["scores_deletion"].shape == (16, 5)
-    np.testing.assert_allclose(merged["areas"], np.linspace(0, 1, 5))
+    assert merged["scores_insertion"].shape == merged["scores_deletion"].shape == (16, 6)
+    np.testing.assert_allclose(merged["areas"], np.linspace(0, 1, 6))
     run = manifest["throughput"]
     assert run["images"] == 16 and run["images_per_s"] > 0 and run["cpu_s_per_image"] > 0
 

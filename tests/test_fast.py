@@ -69,7 +69,7 @@ def test_sampled_loss_is_an_unbiased_estimate_of_the_full_loss(model):
 
 
 def test_cosine_decay_runs_the_learning_rate_down_to_zero(model):
-    config = make_config(iterations=8, lr=0.2, lr_decay="cosine", num_masks=5, backend="reference",
+    config = make_config("fast", iterations=8, lr=0.2, lr_decay="cosine", num_masks=5, backend="reference",
                          window=5, max_blur=2.0)
     images = textured_images(1)
     from sas_fast import ops

@@ -33,7 +33,7 @@ def run(tmp_path_factory):
     images = rng.integers(0, 256, (N, 32, 32, 3), dtype=np.uint8)
     np.savez(root / "images.npz", images=images, labels=rng.integers(0, 3, N))
     attribute_dataset(root / "images.npz", "tiny_model:make", root / "run", batch_size=50, chunk_size=50,
-                      iterations=2, window=3, num_masks=5, backend="reference", progress=False)
+                      iterations=2, window=3, num_masks=6, backend="reference", progress=False)
     order = rng.permutation(SCORED)
     insertion, deletion = rng.random((SCORED, 11)), rng.random((SCORED, 11))
     game = dict(indices=order, names=order.astype(str), ratios=np.linspace(0, 1, 11), insertion=insertion,

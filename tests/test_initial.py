@@ -45,7 +45,7 @@ def test_init_maps_are_the_input_gradient_plain_and_guided():
 @pytest.mark.parametrize("init", ["gradient", "guided_backprop"])
 def test_start_is_noise_plus_scaled_ranks_seeded_and_batch_independent(init):
     net, x, t = model(), images(3), torch.tensor([0, 1, 2])
-    config = make_config(init=init, init_scale=2.0, window=5).resolved(12, 10)
+    config = make_config("paper-cifar", init=init, init_scale=2.0, window=5).resolved(12, 10)
     noise = torch.randn(1, 1, 16, 14, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     start = initial_premask(noise, Objective(net, x, t), x, config)
     assert start.shape == (3, 1, 16, 14) and start.requires_grad and start.is_leaf
@@ -53,7 +53,7 @@ def test_start_is_noise_plus_scaled_ranks_seeded_and_batch_independent(init):
     assert torch.allclose(start[:, 0, 2:-2, 2:-2] - noise[0, 0, 2:-2, 2:-2], 2.0 * ranks)
     alone = initial_premask(noise, Objective(net, x[1:2], t[1:2]), x[1:2], config)
     assert torch.equal(alone[0], start[1])
-    plain = initial_premask(noise, Objective(net, x, t), x, make_config(window=5).resolved(12, 10))
+    plain = initial_premask(noise, Objective(net, x, t), x, make_config("paper-cifar", window=5).resolved(12, 10))
     assert torch.equal(plain.detach(), noise.expand(3, -1, -1, -1))
 
 
@@ -67,18 +67,19 @@ def test_noise_scale_scales_the_random_start_only():
         window=5, noise_scale=0.25, init="gradient", init_scale=2.0).resolved(12, 10))
     ranks = gaussian_ranks(init_map(Objective(net, x, t), x, "gradient", bf16=False))
     assert torch.allclose(mixed[:, 0, 2:-2, 2:-2] - 0.25 * noise[0, 0, 2:-2, 2:-2], 2.0 * ranks)
-    runs = [attribute(net, x, [0, 1], iterations=3, num_masks=5, progress=False)]
-    runs += [attribute(net, x, [0, 1], iterations=3, num_masks=5, noise_scale=s, progress=False) for s in (1.0, 0.1)]
+    runs = [attribute(net, x, [0, 1], preset="fast", iterations=3, num_masks=5, progress=False)]
+    runs += [attribute(net, x, [0, 1], preset="fast", iterations=3, num_masks=5, noise_scale=s, progress=False)
+             for s in (1.0, 0.1)]
     assert torch.equal(runs[0], runs[1]) and (runs[0] - runs[2]).abs().max() > 1e-3
 
 
 def test_trace_counts_the_init_pass_and_a_seed_gives_one_map():
     net, x = model(), images(2)
-    a, trace = attribute(net, x, [0, 1], iterations=2, num_masks=5, init="gradient", return_trace=True,
+    a, trace = attribute(net, x, [0, 1], preset="fast", iterations=2, num_masks=5, init="gradient", return_trace=True,
                          progress=False)
     assert trace.passes.tolist() == [1 + 2 * 3 * 2] * 2
-    b = attribute(net, x, [0, 1], iterations=2, num_masks=5, init="gradient", progress=False)
-    c = attribute(net, x, [0, 1], iterations=2, num_masks=5, progress=False)
+    b = attribute(net, x, [0, 1], preset="fast", iterations=2, num_masks=5, init="gradient", progress=False)
+    c = attribute(net, x, [0, 1], preset="fast", iterations=2, num_masks=5, progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -19,7 +19,7 @@ from tiny_model import make
 quantus = pytest.importorskip("quantus")
 pytest.importorskip("captum")
 
-SAS = dict(iterations=3, num_masks=5, backend="reference", precision="fp32")
+SAS = dict(preset="fast", iterations=3, num_masks=5, backend="reference", precision="fp32")
 QUIET = dict(disable_warnings=True, display_progressbar=False)
 OPTIONS = {"sas": SAS, "integrated_gradients": {"n_steps": 8}, "extremal_perturbation": {"max_iter": 5}}
 

@@ -24,7 +24,7 @@ def test_each_iteration_solves_at_its_sharpness(monkeypatch):
     solve = ops.solve_thresholds
     monkeypatch.setattr(ops, "solve_thresholds", lambda s, a, sharpness, *args, **kw:
                         seen.append(sharpness) or solve(s, a, sharpness, *args, **kw))
-    config = make_config(iterations=3, num_masks=5, sharpness=16.0, sharpness_start=4.0,
+    config = make_config("fast", iterations=3, num_masks=5, sharpness=16.0, sharpness_start=4.0,
                          backend="reference", window=5, max_blur=2.0)
     images = textured_images(1)
     pyramid = ops.blur_pyramid(images, config.levels, config.max_blur, backend="reference")

@@ -31,7 +31,7 @@ def _rates(config):
     ("warmup-cosine", [0.2] + [0.1 * (1 + math.cos(math.pi * (i - 1) / 9)) for i in range(1, 10)]),
 ])
 def test_the_optimiser_steps_at_each_decays_rate(decay, expected):
-    config = make_config(iterations=10, lr=0.2, lr_decay=decay, num_masks=5, backend="reference",
+    config = make_config("fast", iterations=10, lr=0.2, lr_decay=decay, num_masks=5, backend="reference",
                          window=5, max_blur=2.0)
     rates, _ = _rates(config)
     assert rates == pytest.approx(expected)
@@ -44,7 +44,7 @@ def test_the_optimiser_steps_at_each_decays_rate(decay, expected):
                                     for i in range(1, 10)]),
 ])
 def test_a_decay_ends_at_lr_end(decay, end, expected):
-    config = make_config(iterations=10, lr=0.2, lr_decay=decay, lr_end=end, num_masks=5, backend="reference",
+    config = make_config("fast", iterations=10, lr=0.2, lr_decay=decay, lr_end=end, num_masks=5, backend="reference",
                          window=5, max_blur=2.0)
     rates, _ = _rates(config)
     assert rates == pytest.approx(expected)
@@ -78,7 +78,7 @@ def test_the_warm_up_rises_linearly_then_decays():
 
 
 def test_betas_reach_adam_and_bad_betas_are_named():
-    config = make_config(iterations=2, num_masks=5, betas=[0.8, 0.99], backend="reference", window=5, max_blur=2.0)
+    config = make_config("fast", iterations=2, num_masks=5, betas=[0.8, 0.99], backend="reference", window=5, max_blur=2.0)
     assert config.betas == (0.8, 0.99)
     _, optimizer = _rates(config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.99)
