@@ -35,7 +35,7 @@ TOPICS = [
      "Real ImageNet photos (`shared/data/imagenet_samples`, fixed seeded order), ImageNet evaluation crop, "
      "true labels; SaS bf16 (`fast-imagenet`: fp32), baselines and the game fp32; the presets paired against "
      "`fast-imagenet` (7,200 passes, about 530 CPU-seconds a photo in fp32 on an AVX2 CPU), the baselines "
-     "against `fast`, on the photos every method shares; rows per photo in `benchmarks/results/imagenet*/`, "
+     "against `fastest` (the default preset), on the photos every method shares; rows per photo in `benchmarks/results/imagenet*/`, "
      "figures `docs/imagenet_*`. Extremal Perturbation at N >= 64 needs a GPU (`benchmarks/GPU.md`)."),
     ("speed", "Speed on the CPU",
      "The model is most of every iteration on a CPU; the mask pipeline's own time and the kernels' ratios "
