@@ -78,7 +78,8 @@ def test_the_warm_up_rises_linearly_then_decays():
 
 
 def test_betas_reach_adam_and_bad_betas_are_named():
-    config = make_config("fast", iterations=2, num_masks=5, betas=[0.8, 0.99], backend="reference", window=5, max_blur=2.0)
+    config = make_config("fast", iterations=2, num_masks=5, betas=[0.8, 0.99], backend="reference", window=5,
+                         max_blur=2.0)
     assert config.betas == (0.8, 0.99)
     _, optimizer = _rates(config)
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.99)
