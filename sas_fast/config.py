@@ -227,8 +227,9 @@ class SaSConfig:
                                               or self.area_samples < 1 or inner % self.area_samples):
             divisors = sorted({d for i in range(1, math.isqrt(inner) + 1) if inner % i == 0
                                for d in (i, inner // i)})
-            hint = (f" (the default preset samples 2 areas per iteration: with num_masks={self.num_masks} pass "
-                    "one of those, or preset='paper-cifar' for every area)" if self.area_samples == 2 else "")
+            hint = (f" (the presets 'default' = 'fastest' sample 2 areas per iteration, 'fast' 3: with "
+                    f"num_masks={self.num_masks} pass one of those, or preset='paper-cifar' for every area)"
+                    if self.area_samples in (2, 3) else "")
             raise ValueError(f"area_samples must divide the {inner} inner areas (num_masks - 2) so every "
                              f"stratum has the same size: one of {divisors} or None, got {self.area_samples}{hint}")
         if self.area_sampling not in AREA_SAMPLINGS:

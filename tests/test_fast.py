@@ -130,6 +130,8 @@ def test_the_default_preset_is_the_fastest_schedule_and_the_fields_are_the_paper
     # a num_masks the default's 2 strata cannot split: the error says what to pass
     with pytest.raises(ValueError, match=r"one of \[1, 3, 9\] or None, got 2 .*preset='paper-cifar'"):
         attribute(model, textured_images(1), 0, num_masks=11)
+    with pytest.raises(ValueError, match=r"one of \[1, 2, 4, 8\] or None, got 3 .*'fast' 3.*preset='paper-cifar'"):
+        attribute(model, textured_images(1), 0, preset="fast", num_masks=10)
 
 
 @pytest.mark.parametrize("preset, share", [("fast", 4), ("fastest", 16)])
